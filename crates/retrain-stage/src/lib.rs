@@ -147,6 +147,17 @@ impl Manifest {
             .map_err(|source| Error::Parse { path, source })
     }
 
+    /// Removes `dir/manifest.json` if present. A stage calls this before it touches its outputs, so
+    /// that no manifest ever vouches for outputs that a later, unfinished run has replaced.
+    pub fn remove(dir: &Path) -> Result<(), Error> {
+        let path = dir.join(FILE_NAME);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(Error::Write { path, source }),
+        }
+    }
+
     /// Writes `dir/manifest.json` atomically. Call it after every output is in place.
     pub fn write(&self, dir: &Path) -> Result<PathBuf, Error> {
         let path = dir.join(FILE_NAME);

@@ -602,6 +602,7 @@ pub fn run(cfg: &Config, rep: &dyn Reporter) -> Result<Manifest, Error> {
         path: cfg.out.clone(),
         source,
     })?;
+    Manifest::remove(&cfg.out)?;
     let archive_path = cfg.out.join(cfg.dataset.archive_name());
     let write_err = |path: &Path| {
         let path = path.to_owned();
