@@ -1,1 +1,0 @@
-//! End-to-end tests of the retrain pipeline live in `tests/`.
