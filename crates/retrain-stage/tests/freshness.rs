@@ -38,6 +38,15 @@ fn a_stage_is_stale_until_its_manifest_matches_then_stale_again_on_any_change() 
         Freshness::Stale("parameter --seed changed (0 → 1)".into())
     );
     assert_eq!(
+        check(&BTreeMap::from([("size".to_owned(), "3".to_owned())])),
+        Freshness::Stale("parameter --size is not in the manifest".into())
+    );
+    assert_eq!(
+        check(&BTreeMap::new()),
+        Freshness::UpToDate,
+        "a manifest may record parameters the runner did not pass"
+    );
+    assert_eq!(
         freshness(&out, "other", &params("0"), &inputs).unwrap(),
         Freshness::Stale("manifest is from stage \"demo\"".into())
     );
