@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's runner. It runs the stage binaries (through `cargo run`), never
 //! links them, so it builds in seconds and each stage stays usable on its own.
 
+mod bench;
 mod ci;
 mod pipeline;
 
@@ -27,6 +28,9 @@ enum Task {
     /// Run exactly what CI runs: formatting, clippy, the tests, the interop scripts, and the demo
     /// twice (the second run must skip every stage).
     Ci(ci::CiArgs),
+    /// Measure the stages against the reference recipe's tools, side by side, on the full-size
+    /// synthetic archive over loopback; prints a Markdown table for docs/PERFORMANCE.md.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +39,7 @@ fn main() -> ExitCode {
         Task::Pipeline(args) => pipeline::pipeline(&args).map(|_| ()),
         Task::Demo(args) => pipeline::demo(&args).map(|_| ()),
         Task::Ci(args) => ci::ci(&args),
+        Task::Bench(args) => bench::bench(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,7 +6,9 @@
 //! manifest records the same parameters, the same input digests and unmodified outputs.
 
 use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
 
 use anyhow::{Context as _, bail};
 use retrain_stage::Freshness;
@@ -53,12 +55,44 @@ struct Step {
     name: &'static str,
     /// False for stages whose crate has not landed yet: the chain stops before them.
     built: bool,
-    /// Output directory, inside the work directory.
+    /// The directory holding the stage's `manifest.json`.
+    dir: PathBuf,
+    /// What `--out` names: `dir` itself, or a file in it (fetch).
     out: PathBuf,
     /// Input paths by flag name.
     inputs: BTreeMap<String, PathBuf>,
-    /// Effective parameters by flag name.
+    /// Parameters by flag name: passed to the stage and compared with its manifest.
     params: BTreeMap<String, String>,
+    /// Fills in parameters that depend on an earlier stage's outputs, once that stage has run.
+    resolve: Option<fn(&mut Step, &Path) -> anyhow::Result<()>>,
+    /// A file to serve on 127.0.0.1 while the stage runs; its URL is passed as `--url` (not a
+    /// parameter: the port changes every time, the content is pinned by digest).
+    serve: Option<PathBuf>,
+}
+
+impl Step {
+    fn new(name: &'static str, built: bool, dir: PathBuf) -> Self {
+        Self {
+            name,
+            built,
+            out: dir.clone(),
+            dir,
+            inputs: BTreeMap::new(),
+            params: BTreeMap::new(),
+            resolve: None,
+            serve: None,
+        }
+    }
+
+    fn param(mut self, flag: &str, value: &str) -> Self {
+        self.params.insert(flag.to_owned(), value.to_owned());
+        self
+    }
+
+    fn input(mut self, flag: &str, path: PathBuf) -> Self {
+        self.inputs.insert(flag.to_owned(), path);
+        self
+    }
 }
 
 /// What happened to a stage.
@@ -74,15 +108,27 @@ pub(crate) struct Report {
     pub(crate) stages: Vec<(String, Outcome)>,
 }
 
-/// Stages of the real chain, in order, and whether each has landed.
-const REAL_CHAIN: [(&str, bool); 6] = [
-    ("fetch", false),
-    ("extract", false),
-    ("sort", false),
-    ("tfrecord", false),
-    ("train", false),
-    ("eval", false),
-];
+/// The archive's file name for a dataset.
+fn archive_name(dataset: &str) -> &'static str {
+    if dataset == "cifar100" {
+        "cifar-100-python.tar.gz"
+    } else {
+        "cifar-10-python.tar.gz"
+    }
+}
+
+/// The stages after the download, shared by `pipeline` and `demo`.
+fn after_download(workdir: &Path, dataset: &str, archive: PathBuf) -> Vec<Step> {
+    vec![
+        Step::new("extract", true, workdir.join("raw"))
+            .input("archive", archive)
+            .param("dataset", dataset),
+        Step::new("sort", false, workdir.join("images")),
+        Step::new("tfrecord", false, workdir.join("tfrecords")),
+        Step::new("train", false, workdir.join("runs")),
+        Step::new("eval", false, workdir.join("runs")),
+    ]
+}
 
 pub(crate) fn pipeline(args: &PipelineArgs) -> anyhow::Result<Report> {
     let workdir = args
@@ -90,16 +136,12 @@ pub(crate) fn pipeline(args: &PipelineArgs) -> anyhow::Result<Report> {
         .workdir
         .clone()
         .unwrap_or_else(|| workspace_root().join("data"));
-    let steps: Vec<Step> = REAL_CHAIN
-        .iter()
-        .map(|&(name, built)| Step {
-            name,
-            built,
-            out: workdir.join(name),
-            inputs: BTreeMap::new(),
-            params: BTreeMap::from([("dataset".to_owned(), args.dataset.clone())]),
-        })
-        .collect();
+    let downloads = workdir.join("downloads");
+    let archive = downloads.join(archive_name(&args.dataset));
+    let mut fetch = Step::new("fetch", true, downloads).param("dataset", &args.dataset);
+    fetch.out = archive.clone();
+    let mut steps = vec![fetch];
+    steps.extend(after_download(&workdir, &args.dataset, archive));
     run_chain(&workdir, steps, &args.run)
 }
 
@@ -108,43 +150,52 @@ pub(crate) fn demo(args: &RunArgs) -> anyhow::Result<Report> {
         .workdir
         .clone()
         .unwrap_or_else(|| workspace_root().join("data").join("demo"));
-    let synth = Step {
-        name: "synth",
-        built: true,
-        out: workdir.join("synth"),
-        inputs: BTreeMap::new(),
-        params: params(&[
-            ("dataset", "cifar10"),
-            ("images-per-batch", "1000"),
-            ("seed", "0"),
-            ("collisions", "2"),
-            ("gzip-level", "6"),
-        ]),
-    };
-    let mut steps = vec![synth];
-    steps.extend(REAL_CHAIN.iter().map(|&(name, built)| Step {
-        name,
-        built,
-        out: workdir.join(name),
-        inputs: BTreeMap::new(),
-        params: BTreeMap::new(),
-    }));
+    let synth_dir = workdir.join("synth");
+    let synth = Step::new("synth", true, synth_dir.clone())
+        .param("dataset", "cifar10")
+        .param("images-per-batch", "1000")
+        .param("seed", "0")
+        .param("collisions", "2")
+        .param("gzip-level", "6");
+    let downloads = workdir.join("downloads");
+    let archive = downloads.join(archive_name("cifar10"));
+    let mut fetch = Step::new("fetch", true, downloads);
+    fetch.out = archive.clone();
+    fetch.serve = Some(synth_dir.join(archive_name("cifar10")));
+    // The download is pinned to the digest the generator recorded.
+    fetch.resolve = Some(|step, workdir| {
+        let synth_dir = workdir.join("synth");
+        let manifest = retrain_stage::Manifest::read(&synth_dir)?
+            .with_context(|| format!("no manifest in {}", synth_dir.display()))?;
+        let digest = manifest
+            .outputs
+            .get(archive_name("cifar10"))
+            .with_context(|| format!("{}: no archive recorded", synth_dir.display()))?;
+        step.params.insert("sha256".into(), digest.sha256.clone());
+        step.params.insert("size".into(), digest.bytes.to_string());
+        Ok(())
+    });
+    let mut steps = vec![synth, fetch];
+    let mut rest = after_download(&workdir, "cifar10", archive.clone());
+    rest[0] = rest[0]
+        .clone()
+        .input("member-digests", synth_dir.join("members.md5"));
+    steps.extend(rest);
     let report = run_chain(&workdir, steps, args)?;
-    let synth_out = workdir.join("synth");
-    if report.stages.iter().any(|(name, _)| name == "synth") {
-        eprintln!(
-            "demo: synthetic CIFAR-10 archive: {}",
-            synth_out.join("cifar-10-python.tar.gz").display()
-        );
+    eprintln!("demo: artifacts in {}:", workdir.display());
+    for (path, what) in [
+        (
+            synth_dir.join(archive_name("cifar10")),
+            "synthetic CIFAR-10 archive",
+        ),
+        (archive, "downloaded over loopback and verified"),
+        (workdir.join("raw/cifar-10-batches-py"), "extracted batches"),
+    ] {
+        if path.exists() {
+            eprintln!("  {:<45} {}", path.display().to_string(), what);
+        }
     }
     Ok(report)
-}
-
-fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
 }
 
 /// Applies `--config` and `--set` to the steps' default parameters. Unknown stages or flags are
@@ -227,14 +278,14 @@ fn run_chain(workdir: &Path, mut steps: Vec<Step>, args: &RunArgs) -> anyhow::Re
         bail!("--from comes after --to");
     }
     std::fs::create_dir_all(workdir).with_context(|| format!("creating {}", workdir.display()))?;
+    let pending: Vec<&str> = steps[first..=last]
+        .iter()
+        .filter(|s| !s.built)
+        .map(|s| s.name)
+        .collect();
     let mut report = Report { stages: Vec::new() };
-    for step in &steps[first..=last] {
+    for step in &mut steps[first..=last] {
         if !step.built {
-            let pending: Vec<&str> = steps[first..=last]
-                .iter()
-                .filter(|s| !s.built)
-                .map(|s| s.name)
-                .collect();
             if report.stages.is_empty() {
                 bail!(
                     "stage `{}` has not been built yet (pending: {}); `cargo xtask demo` runs the stages that exist",
@@ -249,6 +300,9 @@ fn run_chain(workdir: &Path, mut steps: Vec<Step>, args: &RunArgs) -> anyhow::Re
             );
             break;
         }
+        if let Some(resolve) = step.resolve {
+            resolve(step, workdir).with_context(|| format!("preparing stage `{}`", step.name))?;
+        }
         let outcome = run_step(step, args.force)?;
         report.stages.push((step.name.to_owned(), outcome));
     }
@@ -256,14 +310,14 @@ fn run_chain(workdir: &Path, mut steps: Vec<Step>, args: &RunArgs) -> anyhow::Re
 }
 
 fn run_step(step: &Step, force: bool) -> anyhow::Result<Outcome> {
-    let freshness = retrain_stage::freshness(&step.out, step.name, &step.params, &step.inputs)
+    let freshness = retrain_stage::freshness(&step.dir, step.name, &step.params, &step.inputs)
         .with_context(|| format!("checking whether stage `{}` is up to date", step.name))?;
     match (&freshness, force) {
         (Freshness::UpToDate, false) => {
             eprintln!(
                 "pipeline: {}: up to date ({} matches), skipped",
                 step.name,
-                step.out.join(retrain_stage::FILE_NAME).display()
+                step.dir.join(retrain_stage::FILE_NAME).display()
             );
             return Ok(Outcome::UpToDate);
         }
@@ -290,6 +344,21 @@ fn run_step(step: &Step, force: bool) -> anyhow::Result<Outcome> {
     for (flag, value) in &step.params {
         cmd.arg(format!("--{flag}={value}"));
     }
+    // Held until the stage has finished; dropping it stops the server.
+    let _server = match &step.serve {
+        Some(file) => {
+            let server = LoopbackServer::start(file)?;
+            eprintln!(
+                "pipeline: {}: serving {} at {}",
+                step.name,
+                file.display(),
+                server.url
+            );
+            cmd.arg("--url").arg(&server.url);
+            Some(server)
+        }
+        None => None,
+    };
     let status = cmd
         .status()
         .with_context(|| format!("starting {package}"))?;
@@ -297,7 +366,7 @@ fn run_step(step: &Step, force: bool) -> anyhow::Result<Outcome> {
         bail!("stage `{}` failed ({status})", step.name);
     }
     // The stage must have written a manifest that matches what we asked for.
-    match retrain_stage::freshness(&step.out, step.name, &step.params, &step.inputs)? {
+    match retrain_stage::freshness(&step.dir, step.name, &step.params, &step.inputs)? {
         Freshness::UpToDate => Ok(Outcome::Ran),
         Freshness::Stale(reason) => bail!(
             "stage `{}` finished but its manifest does not match the run: {reason}",
@@ -306,18 +375,72 @@ fn run_step(step: &Step, force: bool) -> anyhow::Result<Outcome> {
     }
 }
 
+/// A `retrain-serve` process serving one file on 127.0.0.1; stopped when dropped (its stdin closes,
+/// and it is killed if it lingers).
+#[derive(Debug)]
+pub(crate) struct LoopbackServer {
+    child: Child,
+    pub(crate) url: String,
+}
+
+impl LoopbackServer {
+    pub(crate) fn start(file: &Path) -> anyhow::Result<Self> {
+        let mut child = cargo()
+            .args([
+                "run",
+                "--quiet",
+                "--release",
+                "--locked",
+                "-p",
+                "retrain-serve",
+                "--",
+            ])
+            .arg("--file")
+            .arg(file)
+            .arg("--until-stdin-closes")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting retrain-serve")?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut url = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut url)
+            .context("reading retrain-serve's URL")?;
+        let url = url.trim().to_owned();
+        if !url.starts_with("http://127.0.0.1:") {
+            let _ = child.kill();
+            let status = child.wait()?;
+            bail!("retrain-serve did not start ({status})");
+        }
+        Ok(Self { child, url })
+    }
+}
+
+impl Drop for LoopbackServer {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        for _ in 0..50 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn steps() -> Vec<Step> {
-        vec![Step {
-            name: "synth",
-            built: true,
-            out: PathBuf::from("out"),
-            inputs: BTreeMap::new(),
-            params: params(&[("seed", "0"), ("images-per-batch", "10")]),
-        }]
+        vec![
+            Step::new("synth", true, PathBuf::from("out"))
+                .param("seed", "0")
+                .param("images-per-batch", "10"),
+        ]
     }
 
     fn args(overrides: &[&str], config: Option<PathBuf>) -> RunArgs {

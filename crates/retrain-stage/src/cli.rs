@@ -1,6 +1,8 @@
-//! What the stage binaries share: logging to stderr and a progress bar on a terminal.
+//! What the stage binaries share: logging to stderr, a progress bar on a terminal, and how a
+//! failure ends the process.
 
 use std::io::IsTerminal;
+use std::process::ExitCode;
 use std::sync::Mutex;
 
 use tracing_subscriber::EnvFilter;
@@ -22,6 +24,18 @@ pub fn init_logging(verbose: u8) {
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+}
+
+/// Ends a binary: success, or the error and its causes printed once on stderr
+/// (`error: generating …: writing …: No space left on device`) and a failure exit code.
+pub fn exit_code(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// A [`Reporter`] drawing an `indicatif` bar on stderr when it is a terminal; hidden otherwise or

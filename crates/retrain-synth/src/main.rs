@@ -52,13 +52,7 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     retrain_stage::cli::init_logging(args.verbose);
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    retrain_stage::cli::exit_code(run(args))
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
