@@ -145,7 +145,10 @@ fn load(bytes: &[u8], origin: &Path) -> Result<Vec<(String, Value)>, Error> {
         what,
     };
     let Value::Dict(dict) = value else {
-        return Err(invalid(format!("the top object is {}, not a dict", kind(&value))));
+        return Err(invalid(format!(
+            "the top object is {}, not a dict",
+            kind(&value)
+        )));
     };
     dict.into_iter()
         .map(|(key, value)| match key {
@@ -224,13 +227,12 @@ impl Fields<'_> {
             .enumerate()
             .map(|(idx, item)| match item {
                 Value::I64(label) if (0..classes as i64).contains(&label) => Ok(label as u8),
-                Value::I64(label) => Err(self.invalid(format!(
-                    "`{key}[{idx}]` is {label}, outside 0..{classes}"
-                ))),
-                other => Err(self.invalid(format!(
-                    "`{key}[{idx}]` is {}, not an int",
-                    kind(&other)
-                ))),
+                Value::I64(label) => {
+                    Err(self.invalid(format!("`{key}[{idx}]` is {label}, outside 0..{classes}")))
+                }
+                other => {
+                    Err(self.invalid(format!("`{key}[{idx}]` is {}, not an int", kind(&other))))
+                }
             })
             .collect()
     }
@@ -239,10 +241,7 @@ impl Fields<'_> {
     fn array(&mut self) -> Result<(Vec<u8>, usize), Error> {
         let value = self.take("data")?;
         let Value::Tuple(mut parts) = value else {
-            return Err(self.invalid(format!(
-                "`data` is {}, not a numpy array",
-                kind(&value)
-            )));
+            return Err(self.invalid(format!("`data` is {}, not a numpy array", kind(&value))));
         };
         let (raw, shape, fortran) = match parts.len() {
             // Protocols 2-4: BUILD state (version, shape, dtype, is_fortran, raw bytes).
@@ -268,9 +267,9 @@ impl Fields<'_> {
                 (parts.pop(), shape, fortran)
             }
             n => {
-                return Err(self.invalid(format!(
-                    "`data` is a {n}-tuple, not a numpy array's state"
-                )));
+                return Err(
+                    self.invalid(format!("`data` is a {n}-tuple, not a numpy array's state"))
+                );
             }
         };
         if fortran {
@@ -278,11 +277,13 @@ impl Fields<'_> {
         }
         let rows = match shape {
             Some(Value::Tuple(dims)) => match dims.as_slice() {
-                [Value::I64(rows), Value::I64(cols)] if *rows >= 0 && *cols == 3072 => *rows as usize,
+                [Value::I64(rows), Value::I64(cols)] if *rows >= 0 && *cols == 3072 => {
+                    *rows as usize
+                }
                 _ => {
-                    return Err(self.invalid(format!(
-                        "`data` has shape {dims:?}, expected (N, 3072)"
-                    )));
+                    return Err(
+                        self.invalid(format!("`data` has shape {dims:?}, expected (N, 3072)"))
+                    );
                 }
             },
             _ => return Err(self.invalid("`data` has no shape".into())),
@@ -320,12 +321,9 @@ pub fn decode_batch(bytes: &[u8], dataset: Dataset, origin: &Path) -> Result<Bat
         Ok(value) => fields.text("batch_label", value)?,
         Err(_) => String::new(),
     };
-    for (key, len) in [
-        ("labels", labels.len()),
-        ("filenames", filenames.len()),
-    ]
-    .into_iter()
-    .chain((dataset == Dataset::Cifar100).then_some(("coarse_labels", coarse_labels.len())))
+    for (key, len) in [("labels", labels.len()), ("filenames", filenames.len())]
+        .into_iter()
+        .chain((dataset == Dataset::Cifar100).then_some(("coarse_labels", coarse_labels.len())))
     {
         if len != rows {
             return Err(fields.invalid(format!(
@@ -357,7 +355,11 @@ pub fn decode_meta(bytes: &[u8], dataset: Dataset, origin: &Path) -> Result<Meta
     };
     for (key, names, want) in [
         ("label names", &label_names, dataset.classes()),
-        ("coarse label names", &coarse_label_names, if dataset == Dataset::Cifar100 { 20 } else { 0 }),
+        (
+            "coarse label names",
+            &coarse_label_names,
+            if dataset == Dataset::Cifar100 { 20 } else { 0 },
+        ),
     ] {
         if names.len() != want {
             return Err(fields.invalid(format!("{} {key}, expected {want}", names.len())));

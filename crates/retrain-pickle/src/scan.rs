@@ -291,9 +291,8 @@ impl Machine<'_> {
                     }
                     protocol = self.take(1)?[0];
                     if !(2..=5).contains(&protocol) {
-                        return self.refuse(format!(
-                            "pickle protocol {protocol} (2 to 5 are read)"
-                        ));
+                        return self
+                            .refuse(format!("pickle protocol {protocol} (2 to 5 are read)"));
                     }
                 }
                 0x95 => {
@@ -306,10 +305,8 @@ impl Machine<'_> {
                 b'.' => {
                     // STOP
                     if self.pos != self.bytes.len() {
-                        return self.refuse(format!(
-                            "{} bytes after STOP",
-                            self.bytes.len() - self.pos
-                        ));
+                        return self
+                            .refuse(format!("{} bytes after STOP", self.bytes.len() - self.pos));
                     }
                     self.pop()?;
                     if !self.stack.is_empty() {
@@ -512,7 +509,10 @@ mod tests {
         bytes.extend(std::iter::repeat_n(b']', 10_000));
         bytes.extend(std::iter::repeat_n(b'a', 9_999));
         bytes.push(b'.');
-        assert_eq!(refusal(&bytes), "offset 10033: nesting deeper than 32 levels");
+        assert_eq!(
+            refusal(&bytes),
+            "offset 10033: nesting deeper than 32 levels"
+        );
     }
 
     #[test]
