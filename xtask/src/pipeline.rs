@@ -59,6 +59,8 @@ struct Step {
     dir: PathBuf,
     /// What `--out` names: `dir` itself, or a file in it (fetch).
     out: PathBuf,
+    /// A subcommand of the stage's binary to run (`retrain-tfrecord build`).
+    subcommand: Option<&'static str>,
     /// Input paths by flag name.
     inputs: BTreeMap<String, PathBuf>,
     /// Parameters by flag name: passed to the stage and compared with its manifest.
@@ -77,6 +79,7 @@ impl Step {
             built,
             out: dir.clone(),
             dir,
+            subcommand: None,
             inputs: BTreeMap::new(),
             params: BTreeMap::new(),
             resolve: None,
@@ -108,6 +111,10 @@ pub(crate) struct Report {
     pub(crate) stages: Vec<(String, Outcome)>,
 }
 
+/// Whether the sort and tfrecord stages have landed.
+const SORT_BUILT: bool = false;
+const TFRECORD_BUILT: bool = false;
+
 /// The archive's file name for a dataset.
 fn archive_name(dataset: &str) -> &'static str {
     if dataset == "cifar100" {
@@ -117,14 +124,33 @@ fn archive_name(dataset: &str) -> &'static str {
     }
 }
 
+/// The folder a dataset's archive holds its batches in.
+fn batches_folder(dataset: &str) -> &'static str {
+    if dataset == "cifar100" {
+        "cifar-100-python"
+    } else {
+        "cifar-10-batches-py"
+    }
+}
+
 /// The stages after the download, shared by `pipeline` and `demo`.
 fn after_download(workdir: &Path, dataset: &str, archive: PathBuf) -> Vec<Step> {
+    let images = workdir.join("images");
+    let mut tfrecord = Step::new("tfrecord", TFRECORD_BUILT, workdir.join("tfrecords"))
+        .input("train-dir", images.join("train_dir"))
+        .input("validation-dir", images.join("validation_dir"))
+        .input("labels", images.join("labels.txt"))
+        .param("seed", "12345");
+    tfrecord.subcommand = Some("build");
     vec![
         Step::new("extract", true, workdir.join("raw"))
             .input("archive", archive)
             .param("dataset", dataset),
-        Step::new("sort", false, workdir.join("images")),
-        Step::new("tfrecord", false, workdir.join("tfrecords")),
+        Step::new("sort", SORT_BUILT, images)
+            .input("input", workdir.join("raw").join(batches_folder(dataset)))
+            .param("dataset", dataset)
+            .param("labels", "fine"),
+        tfrecord,
         Step::new("train", false, workdir.join("runs")),
         Step::new("eval", false, workdir.join("runs")),
     ]
@@ -190,6 +216,11 @@ pub(crate) fn demo(args: &RunArgs) -> anyhow::Result<Report> {
         ),
         (archive, "downloaded over loopback and verified"),
         (workdir.join("raw/cifar-10-batches-py"), "extracted batches"),
+        (
+            workdir.join("images"),
+            "class folders of PNGs and labels.txt",
+        ),
+        (workdir.join("tfrecords"), "TFRecord shards"),
     ] {
         if path.exists() {
             eprintln!("  {:<45} {}", path.display().to_string(), what);
