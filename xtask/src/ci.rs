@@ -42,6 +42,12 @@ pub(crate) fn ci(args: &CiArgs) -> anyhow::Result<()> {
                 .arg(root.join("scripts/check-synth.sh"))
                 .current_dir(&root),
         )?;
+        step(
+            "interop: protobuf, tfrecord and TensorBoard read our TFRecords and events",
+            Command::new("bash")
+                .arg(root.join("scripts/check-tfrecord.sh"))
+                .current_dir(&root),
+        )?;
     }
 
     eprintln!("ci: demo, twice: the second run must skip every stage");
