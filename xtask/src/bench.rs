@@ -35,7 +35,7 @@ pub(crate) struct BenchArgs {
     /// build_image_data.py work from target/tf-venv where installed).
     #[arg(long, value_name = "GROUP", value_parser = ["stages", "sort", "inception", "tfrecord"])]
     only: Option<String>,
-    /// Batch of the Inception-v3 training-step case (candle needs about 19 GiB at 32).
+    /// Batch of the Inception-v3 training-step case (about 7 GiB of memory at 32).
     #[arg(long, default_value_t = 32)]
     inception_train_batch: usize,
 }

@@ -1,0 +1,733 @@
+//! Inception-v3 with torchvision's structure and parameter names.
+
+use std::sync::Mutex;
+
+use candle_core::{D, DType, Device, ModuleT, Result, Tensor, bail};
+use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Init, Linear, VarBuilder};
+use rand::{Rng as _, SeedableRng as _};
+use rand_chacha::ChaCha8Rng;
+
+use crate::ops::{Pool2d, batch_norm_train, conv2d, pad2d};
+
+/// Batch-norm epsilon of every `BasicConv2d` (torchvision and the TF original).
+pub const BN_EPS: f64 = 1e-3;
+/// Width of the bottleneck features (the pooled output of `Mixed_7c`).
+pub const FEATURES: usize = 2048;
+/// Smallest input height and width the network accepts.
+pub const MIN_INPUT: usize = 75;
+/// Smallest input height and width for which the aux head can run (it needs `Mixed_6e` ≥ 17×17).
+pub const MIN_AUX_INPUT: usize = 299;
+
+/// The shape of the network.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Output classes of `fc` (and `AuxLogits.fc`).
+    pub num_classes: usize,
+    /// Build the aux head (`AuxLogits.*`); it runs in training mode only, as torchvision's.
+    pub aux_logits: bool,
+    /// Dropout probability before `fc` in training mode.
+    pub dropout: f32,
+    /// Batch-norm momentum in PyTorch's convention (`new = (1 − m)·old + m·batch`): 0.1 is
+    /// PyTorch's default; the TF recipe's decay 0.9997 is 0.0003.
+    pub bn_momentum: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            num_classes: 1000,
+            aux_logits: true,
+            dropout: 0.5,
+            bn_momentum: 0.1,
+        }
+    }
+}
+
+/// conv (no bias) + batch norm (eps 0.001) + ReLU, with per-axis padding.
+#[derive(Debug, Clone)]
+pub struct BasicConv2d {
+    conv: Conv2d,
+    bn: BatchNorm,
+    /// Zero padding (rows, columns) applied before `conv` when the two differ.
+    pad: (usize, usize),
+}
+
+impl BasicConv2d {
+    /// A `kh`×`kw` convolution with `stride` and padding (`ph`, `pw`).
+    pub fn new(
+        vb: VarBuilder,
+        bn_momentum: f64,
+        c_in: usize,
+        c_out: usize,
+        (kh, kw): (usize, usize),
+        stride: usize,
+        (ph, pw): (usize, usize),
+    ) -> Result<Self> {
+        let weight =
+            vb.pp("conv")
+                .get_with_hints((c_out, c_in, kh, kw), "weight", Init::Const(0.0))?;
+        let symmetric = ph == pw;
+        let cfg = Conv2dConfig {
+            padding: if symmetric { ph } else { 0 },
+            stride,
+            ..Default::default()
+        };
+        let conv = Conv2d::new(weight, None, cfg);
+        let bn_cfg = BatchNormConfig {
+            eps: BN_EPS,
+            remove_mean: true,
+            affine: true,
+            momentum: bn_momentum,
+        };
+        let bn = candle_nn::batch_norm(c_out, bn_cfg, vb.pp("bn"))?;
+        let pad = if symmetric { (0, 0) } else { (ph, pw) };
+        Ok(Self { conv, bn, pad })
+    }
+
+    fn square(vb: VarBuilder, m: f64, c_in: usize, c_out: usize, k: usize) -> Result<Self> {
+        Self::new(vb, m, c_in, c_out, (k, k), 1, (k / 2, k / 2))
+    }
+}
+
+impl BasicConv2d {
+    /// `running = (1 − m)·running + m·batch`, with the unbiased variance, as PyTorch.
+    fn update_running_stats(&self, mean: &Tensor, var: &Tensor, ys: &Tensor) -> Result<()> {
+        let (n, _, h, w) = ys.dims4()?;
+        let count = (n * h * w) as f64;
+        let m = self.bn.momentum();
+        let running_mean = candle_core::Var::from_tensor(self.bn.running_mean())?;
+        let running_var = candle_core::Var::from_tensor(self.bn.running_var())?;
+        let new_mean = ((running_mean.as_detached_tensor() * (1.0 - m))? + (mean * m)?)?;
+        let unbiased = (var * (m * count / (count - 1.0)))?;
+        let new_var = ((running_var.as_detached_tensor() * (1.0 - m))? + unbiased)?;
+        running_mean.set(&new_mean)?;
+        running_var.set(&new_var)
+    }
+}
+
+impl ModuleT for BasicConv2d {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let xs = if self.pad == (0, 0) {
+            xs.clone()
+        } else {
+            pad2d(xs, self.pad.0, self.pad.1)?
+        };
+        if train {
+            let cfg = self.conv.config();
+            // Strided convolutions whose input needs a gradient keep candle's backward: a
+            // convolution over the dilated gradient does stride² times the work.
+            let ours = cfg.stride == 1 || !xs.track_op();
+            let ys = if ours && cfg.dilation == 1 && cfg.groups == 1 {
+                conv2d(&xs, self.conv.weight(), cfg.padding, cfg.stride)?
+            } else {
+                xs.apply(&self.conv)?
+            };
+            return match self.bn.weight_and_bias() {
+                Some((gamma, beta)) => match batch_norm_train(&ys, gamma, beta, self.bn.eps())? {
+                    Some((ys, mean, var)) => {
+                        self.update_running_stats(&mean, &var, &ys)?;
+                        ys.relu()
+                    }
+                    None => ys.apply_t(&self.bn, true)?.relu(),
+                },
+                None => ys.apply_t(&self.bn, true)?.relu(),
+            };
+        }
+        // Eval mode: fold the batch norm into the conv (w·γ/√(var+ε), then one bias add), two
+        // passes over the activations instead of five. The statistics are detached, as in candle's
+        // own eval path, so no gradient reaches them.
+        let Some((gamma, beta)) = self.bn.weight_and_bias() else {
+            return xs.apply(&self.conv)?.apply_t(&self.bn, false)?.relu();
+        };
+        let c_out = gamma.dim(0)?;
+        let scale = (gamma / (self.bn.running_var().detach() + self.bn.eps())?.sqrt()?)?;
+        let shift = (beta - (self.bn.running_mean().detach() * &scale)?)?;
+        let weight = self
+            .conv
+            .weight()
+            .broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?;
+        let cfg = self.conv.config();
+        xs.conv2d(&weight, cfg.padding, cfg.stride, cfg.dilation, cfg.groups)?
+            .broadcast_add(&shift.reshape((1, c_out, 1, 1))?)?
+            .relu()
+    }
+}
+
+/// 35×35 block: 1×1, 5×5, double 3×3 and pool branches.
+#[derive(Debug, Clone)]
+pub struct InceptionA {
+    branch1x1: BasicConv2d,
+    branch5x5_1: BasicConv2d,
+    branch5x5_2: BasicConv2d,
+    branch3x3dbl_1: BasicConv2d,
+    branch3x3dbl_2: BasicConv2d,
+    branch3x3dbl_3: BasicConv2d,
+    branch_pool: BasicConv2d,
+}
+
+impl InceptionA {
+    pub fn new(vb: VarBuilder, m: f64, c_in: usize, pool_features: usize) -> Result<Self> {
+        Ok(Self {
+            branch1x1: BasicConv2d::square(vb.pp("branch1x1"), m, c_in, 64, 1)?,
+            branch5x5_1: BasicConv2d::square(vb.pp("branch5x5_1"), m, c_in, 48, 1)?,
+            branch5x5_2: BasicConv2d::square(vb.pp("branch5x5_2"), m, 48, 64, 5)?,
+            branch3x3dbl_1: BasicConv2d::square(vb.pp("branch3x3dbl_1"), m, c_in, 64, 1)?,
+            branch3x3dbl_2: BasicConv2d::square(vb.pp("branch3x3dbl_2"), m, 64, 96, 3)?,
+            branch3x3dbl_3: BasicConv2d::square(vb.pp("branch3x3dbl_3"), m, 96, 96, 3)?,
+            branch_pool: BasicConv2d::square(vb.pp("branch_pool"), m, c_in, pool_features, 1)?,
+        })
+    }
+}
+
+impl ModuleT for InceptionA {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let b1 = xs.apply_t(&self.branch1x1, train)?;
+        let b5 = xs
+            .apply_t(&self.branch5x5_1, train)?
+            .apply_t(&self.branch5x5_2, train)?;
+        let b3 = xs
+            .apply_t(&self.branch3x3dbl_1, train)?
+            .apply_t(&self.branch3x3dbl_2, train)?
+            .apply_t(&self.branch3x3dbl_3, train)?;
+        let bp = Pool2d::AVG_3X3_S1
+            .forward(xs)?
+            .apply_t(&self.branch_pool, train)?;
+        Tensor::cat(&[b1, b5, b3, bp], 1)
+    }
+}
+
+/// 35×35 → 17×17 reduction.
+#[derive(Debug, Clone)]
+pub struct InceptionB {
+    branch3x3: BasicConv2d,
+    branch3x3dbl_1: BasicConv2d,
+    branch3x3dbl_2: BasicConv2d,
+    branch3x3dbl_3: BasicConv2d,
+}
+
+impl InceptionB {
+    pub fn new(vb: VarBuilder, m: f64, c_in: usize) -> Result<Self> {
+        Ok(Self {
+            branch3x3: BasicConv2d::new(vb.pp("branch3x3"), m, c_in, 384, (3, 3), 2, (0, 0))?,
+            branch3x3dbl_1: BasicConv2d::square(vb.pp("branch3x3dbl_1"), m, c_in, 64, 1)?,
+            branch3x3dbl_2: BasicConv2d::square(vb.pp("branch3x3dbl_2"), m, 64, 96, 3)?,
+            branch3x3dbl_3: BasicConv2d::new(
+                vb.pp("branch3x3dbl_3"),
+                m,
+                96,
+                96,
+                (3, 3),
+                2,
+                (0, 0),
+            )?,
+        })
+    }
+}
+
+impl ModuleT for InceptionB {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let b3 = xs.apply_t(&self.branch3x3, train)?;
+        let b3dbl = xs
+            .apply_t(&self.branch3x3dbl_1, train)?
+            .apply_t(&self.branch3x3dbl_2, train)?
+            .apply_t(&self.branch3x3dbl_3, train)?;
+        let bp = Pool2d::MAX_3X3_S2.forward(xs)?;
+        Tensor::cat(&[b3, b3dbl, bp], 1)
+    }
+}
+
+/// 17×17 block with factorised 7×7 convolutions (1×7 and 7×1).
+#[derive(Debug, Clone)]
+pub struct InceptionC {
+    branch1x1: BasicConv2d,
+    branch7x7_1: BasicConv2d,
+    branch7x7_2: BasicConv2d,
+    branch7x7_3: BasicConv2d,
+    branch7x7dbl_1: BasicConv2d,
+    branch7x7dbl_2: BasicConv2d,
+    branch7x7dbl_3: BasicConv2d,
+    branch7x7dbl_4: BasicConv2d,
+    branch7x7dbl_5: BasicConv2d,
+    branch_pool: BasicConv2d,
+}
+
+impl InceptionC {
+    pub fn new(vb: VarBuilder, m: f64, c_in: usize, c7: usize) -> Result<Self> {
+        let row = |name: &str, i: usize, o: usize| {
+            BasicConv2d::new(vb.pp(name), m, i, o, (1, 7), 1, (0, 3))
+        };
+        let col = |name: &str, i: usize, o: usize| {
+            BasicConv2d::new(vb.pp(name), m, i, o, (7, 1), 1, (3, 0))
+        };
+        Ok(Self {
+            branch1x1: BasicConv2d::square(vb.pp("branch1x1"), m, c_in, 192, 1)?,
+            branch7x7_1: BasicConv2d::square(vb.pp("branch7x7_1"), m, c_in, c7, 1)?,
+            branch7x7_2: row("branch7x7_2", c7, c7)?,
+            branch7x7_3: col("branch7x7_3", c7, 192)?,
+            branch7x7dbl_1: BasicConv2d::square(vb.pp("branch7x7dbl_1"), m, c_in, c7, 1)?,
+            branch7x7dbl_2: col("branch7x7dbl_2", c7, c7)?,
+            branch7x7dbl_3: row("branch7x7dbl_3", c7, c7)?,
+            branch7x7dbl_4: col("branch7x7dbl_4", c7, c7)?,
+            branch7x7dbl_5: row("branch7x7dbl_5", c7, 192)?,
+            branch_pool: BasicConv2d::square(vb.pp("branch_pool"), m, c_in, 192, 1)?,
+        })
+    }
+}
+
+impl ModuleT for InceptionC {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let b1 = xs.apply_t(&self.branch1x1, train)?;
+        let b7 = xs
+            .apply_t(&self.branch7x7_1, train)?
+            .apply_t(&self.branch7x7_2, train)?
+            .apply_t(&self.branch7x7_3, train)?;
+        let b7dbl = xs
+            .apply_t(&self.branch7x7dbl_1, train)?
+            .apply_t(&self.branch7x7dbl_2, train)?
+            .apply_t(&self.branch7x7dbl_3, train)?
+            .apply_t(&self.branch7x7dbl_4, train)?
+            .apply_t(&self.branch7x7dbl_5, train)?;
+        let bp = Pool2d::AVG_3X3_S1
+            .forward(xs)?
+            .apply_t(&self.branch_pool, train)?;
+        Tensor::cat(&[b1, b7, b7dbl, bp], 1)
+    }
+}
+
+/// 17×17 → 8×8 reduction.
+#[derive(Debug, Clone)]
+pub struct InceptionD {
+    branch3x3_1: BasicConv2d,
+    branch3x3_2: BasicConv2d,
+    branch7x7x3_1: BasicConv2d,
+    branch7x7x3_2: BasicConv2d,
+    branch7x7x3_3: BasicConv2d,
+    branch7x7x3_4: BasicConv2d,
+}
+
+impl InceptionD {
+    pub fn new(vb: VarBuilder, m: f64, c_in: usize) -> Result<Self> {
+        Ok(Self {
+            branch3x3_1: BasicConv2d::square(vb.pp("branch3x3_1"), m, c_in, 192, 1)?,
+            branch3x3_2: BasicConv2d::new(vb.pp("branch3x3_2"), m, 192, 320, (3, 3), 2, (0, 0))?,
+            branch7x7x3_1: BasicConv2d::square(vb.pp("branch7x7x3_1"), m, c_in, 192, 1)?,
+            branch7x7x3_2: BasicConv2d::new(
+                vb.pp("branch7x7x3_2"),
+                m,
+                192,
+                192,
+                (1, 7),
+                1,
+                (0, 3),
+            )?,
+            branch7x7x3_3: BasicConv2d::new(
+                vb.pp("branch7x7x3_3"),
+                m,
+                192,
+                192,
+                (7, 1),
+                1,
+                (3, 0),
+            )?,
+            branch7x7x3_4: BasicConv2d::new(
+                vb.pp("branch7x7x3_4"),
+                m,
+                192,
+                192,
+                (3, 3),
+                2,
+                (0, 0),
+            )?,
+        })
+    }
+}
+
+impl ModuleT for InceptionD {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let b3 = xs
+            .apply_t(&self.branch3x3_1, train)?
+            .apply_t(&self.branch3x3_2, train)?;
+        let b7 = xs
+            .apply_t(&self.branch7x7x3_1, train)?
+            .apply_t(&self.branch7x7x3_2, train)?
+            .apply_t(&self.branch7x7x3_3, train)?
+            .apply_t(&self.branch7x7x3_4, train)?;
+        let bp = Pool2d::MAX_3X3_S2.forward(xs)?;
+        Tensor::cat(&[b3, b7, bp], 1)
+    }
+}
+
+/// 8×8 block with split 1×3 / 3×1 branches.
+#[derive(Debug, Clone)]
+pub struct InceptionE {
+    branch1x1: BasicConv2d,
+    branch3x3_1: BasicConv2d,
+    branch3x3_2a: BasicConv2d,
+    branch3x3_2b: BasicConv2d,
+    branch3x3dbl_1: BasicConv2d,
+    branch3x3dbl_2: BasicConv2d,
+    branch3x3dbl_3a: BasicConv2d,
+    branch3x3dbl_3b: BasicConv2d,
+    branch_pool: BasicConv2d,
+}
+
+impl InceptionE {
+    pub fn new(vb: VarBuilder, m: f64, c_in: usize) -> Result<Self> {
+        let row = |name: &str, i: usize, o: usize| {
+            BasicConv2d::new(vb.pp(name), m, i, o, (1, 3), 1, (0, 1))
+        };
+        let col = |name: &str, i: usize, o: usize| {
+            BasicConv2d::new(vb.pp(name), m, i, o, (3, 1), 1, (1, 0))
+        };
+        Ok(Self {
+            branch1x1: BasicConv2d::square(vb.pp("branch1x1"), m, c_in, 320, 1)?,
+            branch3x3_1: BasicConv2d::square(vb.pp("branch3x3_1"), m, c_in, 384, 1)?,
+            branch3x3_2a: row("branch3x3_2a", 384, 384)?,
+            branch3x3_2b: col("branch3x3_2b", 384, 384)?,
+            branch3x3dbl_1: BasicConv2d::square(vb.pp("branch3x3dbl_1"), m, c_in, 448, 1)?,
+            branch3x3dbl_2: BasicConv2d::square(vb.pp("branch3x3dbl_2"), m, 448, 384, 3)?,
+            branch3x3dbl_3a: row("branch3x3dbl_3a", 384, 384)?,
+            branch3x3dbl_3b: col("branch3x3dbl_3b", 384, 384)?,
+            branch_pool: BasicConv2d::square(vb.pp("branch_pool"), m, c_in, 192, 1)?,
+        })
+    }
+}
+
+impl ModuleT for InceptionE {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let b1 = xs.apply_t(&self.branch1x1, train)?;
+        let b3 = xs.apply_t(&self.branch3x3_1, train)?;
+        let b3 = Tensor::cat(
+            &[
+                b3.apply_t(&self.branch3x3_2a, train)?,
+                b3.apply_t(&self.branch3x3_2b, train)?,
+            ],
+            1,
+        )?;
+        let b3dbl = xs
+            .apply_t(&self.branch3x3dbl_1, train)?
+            .apply_t(&self.branch3x3dbl_2, train)?;
+        let b3dbl = Tensor::cat(
+            &[
+                b3dbl.apply_t(&self.branch3x3dbl_3a, train)?,
+                b3dbl.apply_t(&self.branch3x3dbl_3b, train)?,
+            ],
+            1,
+        )?;
+        let bp = Pool2d::AVG_3X3_S1
+            .forward(xs)?
+            .apply_t(&self.branch_pool, train)?;
+        Tensor::cat(&[b1, b3, b3dbl, bp], 1)
+    }
+}
+
+/// The auxiliary classifier on `Mixed_6e`.
+#[derive(Debug, Clone)]
+pub struct InceptionAux {
+    conv0: BasicConv2d,
+    conv1: BasicConv2d,
+    fc: Linear,
+}
+
+impl InceptionAux {
+    pub fn new(vb: VarBuilder, m: f64, c_in: usize, num_classes: usize) -> Result<Self> {
+        Ok(Self {
+            conv0: BasicConv2d::square(vb.pp("conv0"), m, c_in, 128, 1)?,
+            conv1: BasicConv2d::new(vb.pp("conv1"), m, 128, 768, (5, 5), 1, (0, 0))?,
+            fc: linear(vb.pp("fc"), 768, num_classes)?,
+        })
+    }
+}
+
+impl ModuleT for InceptionAux {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let (_, _, h, w) = xs.dims4()?;
+        if h < 17 || w < 17 {
+            bail!(
+                "the aux head needs Mixed_6e at least 17×17 (input at least \
+                 {MIN_AUX_INPUT}×{MIN_AUX_INPUT}), got {h}×{w}: build the model without aux logits \
+                 or use larger inputs"
+            )
+        }
+        Pool2d::AVG_5X5_S3
+            .forward(xs)?
+            .apply_t(&self.conv0, train)?
+            .apply_t(&self.conv1, train)?
+            .mean_keepdim(D::Minus1)?
+            .mean_keepdim(D::Minus2)?
+            .flatten_from(1)?
+            .apply(&self.fc)
+    }
+}
+
+fn linear(vb: VarBuilder, c_in: usize, c_out: usize) -> Result<Linear> {
+    let weight = vb.get_with_hints((c_out, c_in), "weight", Init::Const(0.0))?;
+    let bias = vb.get_with_hints(c_out, "bias", Init::Const(0.0))?;
+    Ok(Linear::new(weight, Some(bias)))
+}
+
+/// Dropout whose masks come from a seeded ChaCha8 stream (candle's CPU RNG cannot be seeded).
+#[derive(Debug)]
+pub struct Dropout {
+    p: f32,
+    rng: Mutex<ChaCha8Rng>,
+}
+
+impl Dropout {
+    pub fn new(p: f32, seed: u64) -> Self {
+        Self {
+            p,
+            rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
+        }
+    }
+
+    /// Reseeds the mask stream.
+    pub fn reseed(&self, seed: u64) {
+        *self.rng.lock().expect("dropout rng lock") = ChaCha8Rng::seed_from_u64(seed);
+    }
+}
+
+impl ModuleT for Dropout {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        if !train || self.p == 0.0 {
+            return Ok(xs.clone());
+        }
+        if !(0.0..1.0).contains(&self.p) {
+            bail!("dropout probability {} is not in [0, 1)", self.p)
+        }
+        let keep = 1.0 / (1.0 - self.p);
+        let mask: Vec<f32> = {
+            let mut rng = self.rng.lock().expect("dropout rng lock");
+            (0..xs.elem_count())
+                .map(|_| {
+                    if rng.random::<f32>() < self.p {
+                        0.0
+                    } else {
+                        keep
+                    }
+                })
+                .collect()
+        };
+        let mask = Tensor::from_vec(mask, xs.shape(), &Device::Cpu)?
+            .to_dtype(xs.dtype())?
+            .to_device(xs.device())?;
+        xs * mask
+    }
+}
+
+/// The whole network. Build it on a [`candle_nn::VarMap`]-backed [`VarBuilder`] (see
+/// [`crate::Model`]) so that training reaches the batch-norm statistics and weights can be saved.
+#[derive(Debug)]
+#[allow(non_snake_case)] // fields are torchvision's attribute names
+pub struct InceptionV3 {
+    cfg: Config,
+    Conv2d_1a_3x3: BasicConv2d,
+    Conv2d_2a_3x3: BasicConv2d,
+    Conv2d_2b_3x3: BasicConv2d,
+    Conv2d_3b_1x1: BasicConv2d,
+    Conv2d_4a_3x3: BasicConv2d,
+    Mixed_5b: InceptionA,
+    Mixed_5c: InceptionA,
+    Mixed_5d: InceptionA,
+    Mixed_6a: InceptionB,
+    Mixed_6b: InceptionC,
+    Mixed_6c: InceptionC,
+    Mixed_6d: InceptionC,
+    Mixed_6e: InceptionC,
+    AuxLogits: Option<InceptionAux>,
+    Mixed_7a: InceptionD,
+    Mixed_7b: InceptionE,
+    Mixed_7c: InceptionE,
+    dropout: Dropout,
+    fc: Linear,
+}
+
+/// The top-level stages in forward order, as `summary` lists them.
+pub const STAGES: [&str; 20] = [
+    "Conv2d_1a_3x3",
+    "Conv2d_2a_3x3",
+    "Conv2d_2b_3x3",
+    "maxpool1",
+    "Conv2d_3b_1x1",
+    "Conv2d_4a_3x3",
+    "maxpool2",
+    "Mixed_5b",
+    "Mixed_5c",
+    "Mixed_5d",
+    "Mixed_6a",
+    "Mixed_6b",
+    "Mixed_6c",
+    "Mixed_6d",
+    "Mixed_6e",
+    "Mixed_7a",
+    "Mixed_7b",
+    "Mixed_7c",
+    "avgpool",
+    "fc",
+];
+
+impl InceptionV3 {
+    /// Builds the network; every tensor starts at zero (batch-norm scale and variance at one):
+    /// [`crate::Model`] fills them from a seeded RNG.
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        if cfg.num_classes == 0 {
+            bail!("num_classes must be at least 1")
+        }
+        let m = cfg.bn_momentum;
+        let conv = |name: &str, i, o, k, s, p| BasicConv2d::new(vb.pp(name), m, i, o, k, s, p);
+        Ok(Self {
+            cfg: cfg.clone(),
+            Conv2d_1a_3x3: conv("Conv2d_1a_3x3", 3, 32, (3, 3), 2, (0, 0))?,
+            Conv2d_2a_3x3: conv("Conv2d_2a_3x3", 32, 32, (3, 3), 1, (0, 0))?,
+            Conv2d_2b_3x3: conv("Conv2d_2b_3x3", 32, 64, (3, 3), 1, (1, 1))?,
+            Conv2d_3b_1x1: conv("Conv2d_3b_1x1", 64, 80, (1, 1), 1, (0, 0))?,
+            Conv2d_4a_3x3: conv("Conv2d_4a_3x3", 80, 192, (3, 3), 1, (0, 0))?,
+            Mixed_5b: InceptionA::new(vb.pp("Mixed_5b"), m, 192, 32)?,
+            Mixed_5c: InceptionA::new(vb.pp("Mixed_5c"), m, 256, 64)?,
+            Mixed_5d: InceptionA::new(vb.pp("Mixed_5d"), m, 288, 64)?,
+            Mixed_6a: InceptionB::new(vb.pp("Mixed_6a"), m, 288)?,
+            Mixed_6b: InceptionC::new(vb.pp("Mixed_6b"), m, 768, 128)?,
+            Mixed_6c: InceptionC::new(vb.pp("Mixed_6c"), m, 768, 160)?,
+            Mixed_6d: InceptionC::new(vb.pp("Mixed_6d"), m, 768, 160)?,
+            Mixed_6e: InceptionC::new(vb.pp("Mixed_6e"), m, 768, 192)?,
+            AuxLogits: if cfg.aux_logits {
+                Some(InceptionAux::new(
+                    vb.pp("AuxLogits"),
+                    m,
+                    768,
+                    cfg.num_classes,
+                )?)
+            } else {
+                None
+            },
+            Mixed_7a: InceptionD::new(vb.pp("Mixed_7a"), m, 768)?,
+            Mixed_7b: InceptionE::new(vb.pp("Mixed_7b"), m, 1280)?,
+            Mixed_7c: InceptionE::new(vb.pp("Mixed_7c"), m, 2048)?,
+            dropout: Dropout::new(cfg.dropout, 0),
+            fc: linear(vb.pp("fc"), FEATURES, cfg.num_classes)?,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The dropout layer before `fc` (to reseed its mask stream).
+    pub fn dropout(&self) -> &Dropout {
+        &self.dropout
+    }
+
+    /// Checks that `xs` is N×3×H×W with H, W ≥ 75 and a float dtype.
+    pub fn check_input(xs: &Tensor) -> Result<()> {
+        let dims = xs.dims();
+        let ok = matches!(dims, &[n, 3, h, w] if n > 0 && h >= MIN_INPUT && w >= MIN_INPUT);
+        if !ok {
+            bail!(
+                "Inception-v3 input must be N×3×H×W with N ≥ 1 and H, W ≥ {MIN_INPUT}, got shape {dims:?}"
+            )
+        }
+        if !xs.dtype().is_float() {
+            bail!(
+                "Inception-v3 input must be floating point, got {:?}",
+                xs.dtype()
+            )
+        }
+        Ok(())
+    }
+
+    /// Runs the trunk up to `Mixed_7c`'s pooled output (N×2048), calling `visit` after each stage
+    /// with its name and output; returns the features and the aux logits (training mode with an aux
+    /// head only).
+    pub fn trunk(
+        &self,
+        xs: &Tensor,
+        train: bool,
+        visit: &mut dyn FnMut(&str, &Tensor),
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        Self::check_input(xs)?;
+        let mut xs = xs.clone();
+        let mut step = |name: &str, f: &dyn Fn(&Tensor) -> Result<Tensor>, xs: &mut Tensor| {
+            *xs = f(xs)?;
+            visit(name, xs);
+            Result::Ok(())
+        };
+        step(
+            "Conv2d_1a_3x3",
+            &|x| x.apply_t(&self.Conv2d_1a_3x3, train),
+            &mut xs,
+        )?;
+        step(
+            "Conv2d_2a_3x3",
+            &|x| x.apply_t(&self.Conv2d_2a_3x3, train),
+            &mut xs,
+        )?;
+        step(
+            "Conv2d_2b_3x3",
+            &|x| x.apply_t(&self.Conv2d_2b_3x3, train),
+            &mut xs,
+        )?;
+        step("maxpool1", &|x| Pool2d::MAX_3X3_S2.forward(x), &mut xs)?;
+        step(
+            "Conv2d_3b_1x1",
+            &|x| x.apply_t(&self.Conv2d_3b_1x1, train),
+            &mut xs,
+        )?;
+        step(
+            "Conv2d_4a_3x3",
+            &|x| x.apply_t(&self.Conv2d_4a_3x3, train),
+            &mut xs,
+        )?;
+        step("maxpool2", &|x| Pool2d::MAX_3X3_S2.forward(x), &mut xs)?;
+        step("Mixed_5b", &|x| x.apply_t(&self.Mixed_5b, train), &mut xs)?;
+        step("Mixed_5c", &|x| x.apply_t(&self.Mixed_5c, train), &mut xs)?;
+        step("Mixed_5d", &|x| x.apply_t(&self.Mixed_5d, train), &mut xs)?;
+        step("Mixed_6a", &|x| x.apply_t(&self.Mixed_6a, train), &mut xs)?;
+        step("Mixed_6b", &|x| x.apply_t(&self.Mixed_6b, train), &mut xs)?;
+        step("Mixed_6c", &|x| x.apply_t(&self.Mixed_6c, train), &mut xs)?;
+        step("Mixed_6d", &|x| x.apply_t(&self.Mixed_6d, train), &mut xs)?;
+        step("Mixed_6e", &|x| x.apply_t(&self.Mixed_6e, train), &mut xs)?;
+        let aux = match &self.AuxLogits {
+            Some(aux) if train => Some(xs.apply_t(aux, train)?),
+            _ => None,
+        };
+        step("Mixed_7a", &|x| x.apply_t(&self.Mixed_7a, train), &mut xs)?;
+        step("Mixed_7b", &|x| x.apply_t(&self.Mixed_7b, train), &mut xs)?;
+        step("Mixed_7c", &|x| x.apply_t(&self.Mixed_7c, train), &mut xs)?;
+        step(
+            "avgpool",
+            &|x| {
+                x.mean_keepdim(D::Minus1)?
+                    .mean_keepdim(D::Minus2)?
+                    .flatten_from(1)
+            },
+            &mut xs,
+        )?;
+        Ok((xs, aux))
+    }
+
+    /// Bottleneck features: the 2048-d pooled output of `Mixed_7c`, N×2048, in eval mode.
+    pub fn features(&self, xs: &Tensor) -> Result<Tensor> {
+        Ok(self.trunk(xs, false, &mut |_, _| {})?.0)
+    }
+
+    /// The classifier on top of the features: dropout (training mode only), then `fc`.
+    pub fn head(&self, features: &Tensor, train: bool) -> Result<Tensor> {
+        features.apply_t(&self.dropout, train)?.apply(&self.fc)
+    }
+
+    /// Logits and, in training mode with an aux head, the aux logits.
+    pub fn forward_with_aux(&self, xs: &Tensor, train: bool) -> Result<(Tensor, Option<Tensor>)> {
+        let (features, aux) = self.trunk(xs, train, &mut |_, _| {})?;
+        Ok((self.head(&features, train)?, aux))
+    }
+}
+
+impl ModuleT for InceptionV3 {
+    /// The logits (N×classes); the aux logits are dropped (see [`InceptionV3::forward_with_aux`]).
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        Ok(self.forward_with_aux(xs, train)?.0)
+    }
+}
+
+/// The dtype the model computes in.
+pub const DTYPE: DType = DType::F32;

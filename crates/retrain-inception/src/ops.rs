@@ -1,0 +1,758 @@
+//! Operations candle 0.11 lacks, each with a backward pass.
+//!
+//! - [`Pool2d`]: 2-d max and average pooling with any kernel, stride and (average only) zero padding
+//!   that counts toward the divisor (`count_include_pad=True`, PyTorch's default), floor mode.
+//!   candle's own pools take no padding and refuse a backward pass when kernel ≠ stride, which is
+//!   every pool in Inception-v3 (3×3/s1/p1 average, 3×3/s2 max, the aux head's 5×5/s3 average).
+//!   On the CPU it is a [`CustomOp1`] with a direct loop, parallel over planes, whose backward is a
+//!   [`CustomOp2`] of (input, output gradient); on other devices it is [`Pool2d::forward_composed`],
+//!   a composition of differentiable candle ops (pad, narrow, reshape, add/maximum) that gives the
+//!   same values and gradients (up to ties between equal maxima).
+//! - [`batch_norm_train`]: training-mode batch normalisation over N×C×H×W on the CPU as one
+//!   [`CustomOp3`] (input, γ, β) with a fused backward, statistics accumulated in f64 (candle's
+//!   own composes nine ops with transposed copies and f32 sums).
+//! - [`conv2d`]: a convolution whose input gradient is itself a convolution (of the dilated,
+//!   padded output gradient with the flipped, transposed kernel), run by candle's fast tiled
+//!   im2col kernel instead of its direct-loop `conv_transpose2d`.
+//! - [`pad2d`]: per-axis zero padding (`pad_with_zeros` per dimension; differentiable, as candle
+//!   implements it with `cat`), for the 1×7, 7×1, 1×3 and 3×1 convolutions.
+
+use candle_core::backend::BackendStorage as _;
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, bail,
+};
+use rayon::prelude::*;
+
+/// Zero-pads the last two dimensions of an N×C×H×W tensor: `pad_h` rows above and below, `pad_w`
+/// columns left and right.
+pub fn pad2d(xs: &Tensor, pad_h: usize, pad_w: usize) -> Result<Tensor> {
+    xs.pad_with_zeros(2, pad_h, pad_h)?
+        .pad_with_zeros(3, pad_w, pad_w)
+}
+
+/// Which reduction a [`Pool2d`] applies over its window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolKind {
+    /// Maximum; the gradient goes to the first maximum in row-major window order (as PyTorch's CPU
+    /// kernel). No padding.
+    Max,
+    /// Mean over the window, zero padding counted in the divisor (`count_include_pad=True`).
+    Avg,
+}
+
+/// A square 2-d pooling over N×C×H×W tensors, floor mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool2d {
+    pub kind: PoolKind,
+    pub kernel: usize,
+    pub stride: usize,
+    /// Zero padding on every side (average pooling only; at most `kernel / 2`).
+    pub padding: usize,
+}
+
+impl Pool2d {
+    /// Inception's in-block average pool: 3×3, stride 1, padding 1, counting the padding.
+    pub const AVG_3X3_S1: Self = Self {
+        kind: PoolKind::Avg,
+        kernel: 3,
+        stride: 1,
+        padding: 1,
+    };
+    /// Inception's reduction max pool: 3×3, stride 2, no padding.
+    pub const MAX_3X3_S2: Self = Self {
+        kind: PoolKind::Max,
+        kernel: 3,
+        stride: 2,
+        padding: 0,
+    };
+    /// The aux head's average pool: 5×5, stride 3, no padding.
+    pub const AVG_5X5_S3: Self = Self {
+        kind: PoolKind::Avg,
+        kernel: 5,
+        stride: 3,
+        padding: 0,
+    };
+
+    /// Output length for an input length `len`, or `None` when the window does not fit.
+    pub fn out_len(&self, len: usize) -> Option<usize> {
+        (len + 2 * self.padding)
+            .checked_sub(self.kernel)
+            .map(|v| v / self.stride + 1)
+    }
+
+    fn check(&self, dims: &[usize]) -> Result<(usize, usize, usize, usize, usize, usize)> {
+        if self.kernel == 0 || self.stride == 0 {
+            bail!("pool2d: kernel and stride must be positive ({self:?})")
+        }
+        if self.padding > self.kernel / 2 {
+            bail!("pool2d: padding {} exceeds half the kernel", self.padding)
+        }
+        if self.kind == PoolKind::Max && self.padding != 0 {
+            bail!("pool2d: max pooling takes no padding")
+        }
+        let &[n, c, h, w] = dims else {
+            bail!("pool2d: expected an N×C×H×W tensor, got shape {dims:?}")
+        };
+        let (Some(oh), Some(ow)) = (self.out_len(h), self.out_len(w)) else {
+            bail!(
+                "pool2d: a {}×{} window does not fit a {h}×{w} input (padding {})",
+                self.kernel,
+                self.kernel,
+                self.padding
+            )
+        };
+        Ok((n, c, h, w, oh, ow))
+    }
+
+    /// Pools `xs`: the CPU kernel on the CPU, [`Self::forward_composed`] elsewhere.
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.check(xs.dims())?;
+        match xs.device() {
+            Device::Cpu if matches!(xs.dtype(), DType::F32 | DType::F64) => {
+                xs.contiguous()?.apply_op1(*self)
+            }
+            _ => self.forward_composed(xs),
+        }
+    }
+
+    /// The same pooling as a composition of differentiable candle ops, for any device and dtype:
+    /// one strided window view per kernel offset, summed (and divided by kernel²) or folded with
+    /// `maximum`. Slower than the CPU kernel; on ties between equal maxima every tied input gets the
+    /// gradient.
+    pub fn forward_composed(&self, xs: &Tensor) -> Result<Tensor> {
+        let (_, _, _, _, oh, ow) = self.check(xs.dims())?;
+        let padded = pad2d(xs, self.padding, self.padding)?;
+        let mut acc: Option<Tensor> = None;
+        for dy in 0..self.kernel {
+            let rows = strided(&padded, 2, dy, self.stride, oh)?;
+            for dx in 0..self.kernel {
+                let window = strided(&rows, 3, dx, self.stride, ow)?;
+                acc = Some(match (acc, self.kind) {
+                    (None, _) => window,
+                    (Some(a), PoolKind::Avg) => (a + window)?,
+                    (Some(a), PoolKind::Max) => a.maximum(&window)?,
+                });
+            }
+        }
+        let acc = acc.expect("kernel is positive");
+        match self.kind {
+            PoolKind::Avg => acc.affine(1.0 / (self.kernel * self.kernel) as f64, 0.0),
+            PoolKind::Max => Ok(acc),
+        }
+    }
+}
+
+/// Elements `start, start + stride, …` (`n` of them) along `dim`, by narrow, zero-pad to a multiple
+/// of the stride, reshape and narrow: all differentiable.
+fn strided(xs: &Tensor, dim: usize, start: usize, stride: usize, n: usize) -> Result<Tensor> {
+    let span = (n - 1) * stride + 1;
+    let xs = xs.narrow(dim, start, span)?;
+    if stride == 1 {
+        return Ok(xs);
+    }
+    let xs = xs.pad_with_zeros(dim, 0, n * stride - span)?;
+    let mut dims = xs.dims().to_vec();
+    dims[dim] = n;
+    dims.insert(dim + 1, stride);
+    xs.reshape(dims)?.narrow(dim + 1, 0, 1)?.squeeze(dim + 1)
+}
+
+trait Float: Copy + Send + Sync + PartialOrd + std::ops::AddAssign + 'static {
+    const ZERO: Self;
+    fn from_f64(v: f64) -> Self;
+    fn to_f64(self) -> f64;
+    fn mul(self, other: Self) -> Self;
+}
+impl Float for f32 {
+    const ZERO: Self = 0.0;
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    fn mul(self, other: Self) -> Self {
+        self * other
+    }
+}
+impl Float for f64 {
+    const ZERO: Self = 0.0;
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+    fn to_f64(self) -> f64 {
+        self
+    }
+    fn mul(self, other: Self) -> Self {
+        self * other
+    }
+}
+
+fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!("pool2d: {what} must be contiguous"),
+    }
+}
+
+/// Window bounds of output position `o` along one axis: input indices `[lo, hi)`.
+fn window(o: usize, stride: usize, padding: usize, kernel: usize, len: usize) -> (usize, usize) {
+    let start = (o * stride) as isize - padding as isize;
+    let lo = start.max(0) as usize;
+    let hi = ((start + kernel as isize) as usize).min(len);
+    (lo, hi)
+}
+
+impl Pool2d {
+    fn fwd_plane<T: Float>(&self, x: &[T], out: &mut [T], h: usize, w: usize, ow: usize) {
+        let scale = T::from_f64(1.0 / (self.kernel * self.kernel) as f64);
+        for (oy, row) in out.chunks_mut(ow).enumerate() {
+            let (y0, y1) = window(oy, self.stride, self.padding, self.kernel, h);
+            for (ox, o) in row.iter_mut().enumerate() {
+                let (x0, x1) = window(ox, self.stride, self.padding, self.kernel, w);
+                match self.kind {
+                    PoolKind::Avg => {
+                        let mut sum = T::ZERO;
+                        for y in y0..y1 {
+                            for v in &x[y * w + x0..y * w + x1] {
+                                sum += *v;
+                            }
+                        }
+                        *o = sum.mul(scale);
+                    }
+                    PoolKind::Max => {
+                        let mut best = x[y0 * w + x0];
+                        for y in y0..y1 {
+                            for &v in &x[y * w + x0..y * w + x1] {
+                                if v > best {
+                                    best = v;
+                                }
+                            }
+                        }
+                        *o = best;
+                    }
+                }
+            }
+        }
+    }
+
+    fn bwd_plane<T: Float>(&self, x: &[T], g: &[T], gx: &mut [T], h: usize, w: usize, ow: usize) {
+        let scale = T::from_f64(1.0 / (self.kernel * self.kernel) as f64);
+        for (oy, grow) in g.chunks(ow).enumerate() {
+            let (y0, y1) = window(oy, self.stride, self.padding, self.kernel, h);
+            for (ox, &go) in grow.iter().enumerate() {
+                let (x0, x1) = window(ox, self.stride, self.padding, self.kernel, w);
+                match self.kind {
+                    PoolKind::Avg => {
+                        let share = go.mul(scale);
+                        for y in y0..y1 {
+                            for v in &mut gx[y * w + x0..y * w + x1] {
+                                *v += share;
+                            }
+                        }
+                    }
+                    PoolKind::Max => {
+                        let mut best = x[y0 * w + x0];
+                        let mut at = y0 * w + x0;
+                        for y in y0..y1 {
+                            let row = y * w + x0;
+                            for (i, &v) in x[row..y * w + x1].iter().enumerate() {
+                                if v > best {
+                                    best = v;
+                                    at = row + i;
+                                }
+                            }
+                        }
+                        gx[at] += go;
+                    }
+                }
+            }
+        }
+    }
+
+    fn cpu_forward<T: Float>(&self, x: &[T], dims: &[usize]) -> Result<(Vec<T>, Shape)> {
+        let (n, c, h, w, oh, ow) = self.check(dims)?;
+        let mut out = vec![T::ZERO; n * c * oh * ow];
+        if oh * ow > 0 {
+            out.par_chunks_mut(oh * ow)
+                .zip(x.par_chunks(h * w))
+                .for_each(|(o, x)| self.fwd_plane(x, o, h, w, ow));
+        }
+        Ok((out, Shape::from((n, c, oh, ow))))
+    }
+
+    fn cpu_backward<T: Float>(&self, x: &[T], dims: &[usize], g: &[T]) -> Result<Vec<T>> {
+        let (n, c, h, w, oh, ow) = self.check(dims)?;
+        if g.len() != n * c * oh * ow {
+            bail!(
+                "pool2d backward: gradient has {} elements, expected {}",
+                g.len(),
+                n * c * oh * ow
+            )
+        }
+        let mut gx = vec![T::ZERO; n * c * h * w];
+        if oh * ow > 0 {
+            gx.par_chunks_mut(h * w)
+                .zip(x.par_chunks(h * w).zip(g.par_chunks(oh * ow)))
+                .for_each(|(gx, (x, g))| self.bwd_plane(x, g, gx, h, w, ow));
+        }
+        Ok(gx)
+    }
+}
+
+impl CustomOp1 for Pool2d {
+    fn name(&self) -> &'static str {
+        match self.kind {
+            PoolKind::Max => "inception-max-pool2d",
+            PoolKind::Avg => "inception-avg-pool2d",
+        }
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        match storage {
+            CpuStorage::F32(data) => {
+                let (out, shape) =
+                    self.cpu_forward(contiguous(data, layout, "input")?, layout.dims())?;
+                Ok((CpuStorage::F32(out), shape))
+            }
+            CpuStorage::F64(data) => {
+                let (out, shape) =
+                    self.cpu_forward(contiguous(data, layout, "input")?, layout.dims())?;
+                Ok((CpuStorage::F64(out), shape))
+            }
+            other => bail!("pool2d: unsupported dtype {:?}", other.dtype()),
+        }
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let grad = arg.apply_op2_no_bwd(&grad_res.contiguous()?, &Pool2dBackward(*self))?;
+        Ok(Some(grad))
+    }
+}
+
+/// The gradient of a [`Pool2d`] with respect to its input, from the input and the output gradient.
+#[derive(Debug, Clone, Copy)]
+struct Pool2dBackward(Pool2d);
+
+impl CustomOp2 for Pool2dBackward {
+    fn name(&self) -> &'static str {
+        "inception-pool2d-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let shape = l1.shape().clone();
+        match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => {
+                let gx = self.0.cpu_backward(
+                    contiguous(x, l1, "input")?,
+                    l1.dims(),
+                    contiguous(g, l2, "gradient")?,
+                )?;
+                Ok((CpuStorage::F32(gx), shape))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => {
+                let gx = self.0.cpu_backward(
+                    contiguous(x, l1, "input")?,
+                    l1.dims(),
+                    contiguous(g, l2, "gradient")?,
+                )?;
+                Ok((CpuStorage::F64(gx), shape))
+            }
+            _ => bail!(
+                "pool2d backward: unsupported dtypes {:?}, {:?}",
+                s1.dtype(),
+                s2.dtype()
+            ),
+        }
+    }
+}
+
+/// Training-mode batch norm of an N×C×H×W tensor with batch statistics: returns the normalised,
+/// scaled and shifted output and the batch mean and biased variance per channel (C each, for the
+/// running statistics, detached). `None` where the fused CPU kernel does not apply (another
+/// device or dtype): use candle's batch norm there.
+pub fn batch_norm_train(
+    xs: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+    if !matches!(xs.device(), Device::Cpu)
+        || !matches!(xs.dtype(), DType::F32 | DType::F64)
+        || xs.rank() != 4
+        || gamma.dtype() != xs.dtype()
+    {
+        return Ok(None);
+    }
+    let xs = xs.contiguous()?;
+    let op = BatchNormTrain { eps };
+    let ys = xs.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
+    let stats = xs.apply_op1_no_bwd(&BatchNormStats)?;
+    Ok(Some((ys, stats.get(0)?, stats.get(1)?)))
+}
+
+/// Per-channel (mean, biased variance) of a contiguous N×C×H×W slice, two-pass, in f64.
+fn channel_stats<T: Float>(x: &[T], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let count = (n * hw) as f64;
+            let planes = || (0..n).map(move |b| &x[(b * c + ch) * hw..(b * c + ch + 1) * hw]);
+            let mean = planes().flatten().map(|v| v.to_f64()).sum::<f64>() / count;
+            let var = planes()
+                .flatten()
+                .map(|v| (v.to_f64() - mean).powi(2))
+                .sum::<f64>()
+                / count;
+            (mean, var)
+        })
+        .collect()
+}
+
+fn dims_nchw(layout: &Layout) -> Result<(usize, usize, usize)> {
+    let &[n, c, h, w] = layout.dims() else {
+        bail!(
+            "batch norm: expected an N×C×H×W tensor, got {:?}",
+            layout.dims()
+        )
+    };
+    if n * h * w < 2 {
+        bail!(
+            "batch norm in training mode needs more than one value per channel, got {n}×{c}×{h}×{w}"
+        )
+    }
+    Ok((n, c, h * w))
+}
+
+#[derive(Debug, Clone, Copy)]
+struct BatchNormStats;
+
+impl CustomOp1 for BatchNormStats {
+    fn name(&self) -> &'static str {
+        "inception-batch-norm-stats"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, hw) = dims_nchw(layout)?;
+        fn pack<T: Float>(stats: &[(f64, f64)]) -> Vec<T> {
+            let means = stats.iter().map(|s| T::from_f64(s.0));
+            means
+                .chain(stats.iter().map(|s| T::from_f64(s.1)))
+                .collect()
+        }
+        let out = match storage {
+            CpuStorage::F32(x) => CpuStorage::F32(pack(&channel_stats(
+                contiguous(x, layout, "input")?,
+                n,
+                c,
+                hw,
+            ))),
+            CpuStorage::F64(x) => CpuStorage::F64(pack(&channel_stats(
+                contiguous(x, layout, "input")?,
+                n,
+                c,
+                hw,
+            ))),
+            other => bail!("batch norm: unsupported dtype {:?}", other.dtype()),
+        };
+        Ok((out, Shape::from((2, c))))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct BatchNormTrain {
+    eps: f64,
+}
+
+impl BatchNormTrain {
+    fn forward<T: Float>(&self, x: &[T], g: &[T], b: &[T], dims: (usize, usize, usize)) -> Vec<T> {
+        let (n, c, hw) = dims;
+        let stats = channel_stats(x, n, c, hw);
+        let mut y = vec![T::ZERO; x.len()];
+        y.par_chunks_mut(hw)
+            .zip(x.par_chunks(hw))
+            .enumerate()
+            .for_each(|(plane, (y, x))| {
+                let ch = plane % c;
+                let (mean, var) = stats[ch];
+                let scale = g[ch].to_f64() / (var + self.eps).sqrt();
+                let shift = b[ch].to_f64() - mean * scale;
+                for (y, x) in y.iter_mut().zip(x) {
+                    *y = T::from_f64(x.to_f64() * scale + shift);
+                }
+            });
+        y
+    }
+
+    /// dx, then dγ, then dβ, packed in one vector.
+    fn backward<T: Float>(
+        &self,
+        x: &[T],
+        g: &[T],
+        dy: &[T],
+        dims: (usize, usize, usize),
+    ) -> Vec<T> {
+        let (n, c, hw) = dims;
+        let count = (n * hw) as f64;
+        let stats = channel_stats(x, n, c, hw);
+        // Per channel: Σ dy and Σ dy·x̂.
+        let sums: Vec<(f64, f64)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (mean, var) = stats[ch];
+                let inv_std = 1.0 / (var + self.eps).sqrt();
+                let mut sum_dy = 0.0;
+                let mut sum_dy_xhat = 0.0;
+                for b in 0..n {
+                    let range = (b * c + ch) * hw..(b * c + ch + 1) * hw;
+                    for (x, dy) in x[range.clone()].iter().zip(&dy[range]) {
+                        let dy = dy.to_f64();
+                        sum_dy += dy;
+                        sum_dy_xhat += dy * (x.to_f64() - mean) * inv_std;
+                    }
+                }
+                (sum_dy, sum_dy_xhat)
+            })
+            .collect();
+        let mut out = vec![T::ZERO; x.len() + 2 * c];
+        let (dx, dgb) = out.split_at_mut(x.len());
+        dx.par_chunks_mut(hw)
+            .zip(x.par_chunks(hw).zip(dy.par_chunks(hw)))
+            .enumerate()
+            .for_each(|(plane, (dx, (x, dy)))| {
+                let ch = plane % c;
+                let (mean, var) = stats[ch];
+                let inv_std = 1.0 / (var + self.eps).sqrt();
+                let (sum_dy, sum_dy_xhat) = sums[ch];
+                let k = g[ch].to_f64() * inv_std;
+                let (mean_dy, mean_dy_xhat) = (sum_dy / count, sum_dy_xhat / count);
+                for ((dx, x), dy) in dx.iter_mut().zip(x).zip(dy) {
+                    let xhat = (x.to_f64() - mean) * inv_std;
+                    *dx = T::from_f64(k * (dy.to_f64() - mean_dy - xhat * mean_dy_xhat));
+                }
+            });
+        for (ch, &(sum_dy, sum_dy_xhat)) in sums.iter().enumerate() {
+            dgb[ch] = T::from_f64(sum_dy_xhat);
+            dgb[c + ch] = T::from_f64(sum_dy);
+        }
+        out
+    }
+}
+
+impl CustomOp3 for BatchNormTrain {
+    fn name(&self) -> &'static str {
+        "inception-batch-norm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = dims_nchw(l1)?;
+        if l2.dims() != [dims.1] || l3.dims() != [dims.1] {
+            bail!("batch norm: γ and β must have {} elements", dims.1)
+        }
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(g), CpuStorage::F32(b)) => {
+                CpuStorage::F32(self.forward(
+                    contiguous(x, l1, "input")?,
+                    contiguous(g, l2, "gamma")?,
+                    contiguous(b, l3, "beta")?,
+                    dims,
+                ))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(g), CpuStorage::F64(b)) => {
+                CpuStorage::F64(self.forward(
+                    contiguous(x, l1, "input")?,
+                    contiguous(g, l2, "gamma")?,
+                    contiguous(b, l3, "beta")?,
+                    dims,
+                ))
+            }
+            _ => bail!("batch norm: mismatched or unsupported dtypes"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let packed =
+            x.apply_op3_no_bwd(gamma, &grad.contiguous()?, &BatchNormTrainBackward(*self))?;
+        let numel = x.elem_count();
+        let c = gamma.elem_count();
+        let dx = packed.narrow(0, 0, numel)?.reshape(x.shape())?;
+        let dgamma = packed.narrow(0, numel, c)?;
+        let dbeta = packed.narrow(0, numel + c, c)?;
+        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct BatchNormTrainBackward(BatchNormTrain);
+
+impl CustomOp3 for BatchNormTrainBackward {
+    fn name(&self) -> &'static str {
+        "inception-batch-norm-train-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = dims_nchw(l1)?;
+        let len = l1.shape().elem_count() + 2 * dims.1;
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(g), CpuStorage::F32(dy)) => {
+                CpuStorage::F32(self.0.backward(
+                    contiguous(x, l1, "input")?,
+                    contiguous(g, l2, "gamma")?,
+                    contiguous(dy, l3, "gradient")?,
+                    dims,
+                ))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(g), CpuStorage::F64(dy)) => {
+                CpuStorage::F64(self.0.backward(
+                    contiguous(x, l1, "input")?,
+                    contiguous(g, l2, "gamma")?,
+                    contiguous(dy, l3, "gradient")?,
+                    dims,
+                ))
+            }
+            _ => bail!("batch norm backward: mismatched or unsupported dtypes"),
+        };
+        Ok((out, Shape::from(len)))
+    }
+}
+
+/// A dilation-1 convolution with symmetric `padding` and any `stride` on the CPU, values as
+/// candle's `conv2d`, with a backward pass built from forward convolutions (candle's tiled
+/// im2col kernel) instead of candle's direct-loop `conv_transpose2d`: the input gradient is
+/// `conv2d(pad(dilate(dy, stride), k − 1 − p), flip(w)ᵀ)`, skipped when the input needs none (the
+/// image); the kernel gradient is candle's own formula. Elsewhere, or for other dtypes, it is
+/// plain `conv2d`.
+pub fn conv2d(xs: &Tensor, kernel: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
+    let (_, _, kh, kw) = kernel.dims4()?;
+    if !matches!(xs.device(), Device::Cpu)
+        || !matches!(xs.dtype(), DType::F32 | DType::F64)
+        || padding >= kh.min(kw)
+        || stride == 0
+    {
+        return xs.conv2d(kernel, padding, stride, 1, 1);
+    }
+    xs.contiguous()?
+        .apply_op2(&kernel.contiguous()?, Conv2dOp { padding, stride })
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Conv2dOp {
+    padding: usize,
+    stride: usize,
+}
+
+fn to_tensor<T: candle_core::WithDType>(data: &[T], layout: &Layout) -> Result<Tensor> {
+    Tensor::from_slice(
+        contiguous(data, layout, "conv input")?,
+        layout.dims(),
+        &Device::Cpu,
+    )
+}
+
+/// Inserts `stride − 1` zeros between the elements of `dim`.
+fn dilate(xs: &Tensor, dim: usize, stride: usize) -> Result<Tensor> {
+    if stride == 1 {
+        return Ok(xs.clone());
+    }
+    let len = xs.dim(dim)?;
+    let spread = xs
+        .unsqueeze(dim + 1)?
+        .pad_with_zeros(dim + 1, 0, stride - 1)?;
+    let mut dims = xs.dims().to_vec();
+    dims[dim] = len * stride;
+    spread.reshape(dims)?.narrow(dim, 0, (len - 1) * stride + 1)
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "inception-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(w)) => (to_tensor(x, l1)?, to_tensor(w, l2)?),
+            (CpuStorage::F64(x), CpuStorage::F64(w)) => (to_tensor(x, l1)?, to_tensor(w, l2)?),
+            _ => bail!("conv2d: mismatched or unsupported dtypes"),
+        };
+        let y = x.conv2d(&w, self.padding, self.stride, 1, 1)?;
+        let shape = y.shape().clone();
+        let y = y.flatten_all()?;
+        let out = match y.dtype() {
+            DType::F32 => CpuStorage::F32(y.to_vec1()?),
+            _ => CpuStorage::F64(y.to_vec1()?),
+        };
+        Ok((out, shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (_, _, h, wd) = x.dims4()?;
+        let (_, _, kh, kw) = w.dims4()?;
+        let (p, s) = (self.padding, self.stride);
+        let dx = if x.track_op() {
+            let w_t = w.flip(&[2, 3])?.transpose(0, 1)?.contiguous()?;
+            let dy_d = dilate(&dilate(dy, 2, s)?, 3, s)?;
+            // Rows and columns the strided forward never reached get a zero gradient.
+            let (dh, dw) = (dy_d.dim(2)?, dy_d.dim(3)?);
+            let extra_h = (h + 2 * p + 1 - kh) - dh;
+            let extra_w = (wd + 2 * p + 1 - kw) - dw;
+            let padded = dy_d
+                .pad_with_zeros(2, kh - 1 - p, kh - 1 - p + extra_h)?
+                .pad_with_zeros(3, kw - 1 - p, kw - 1 - p + extra_w)?;
+            Some(padded.conv2d(&w_t, 0, 1, 1, 1)?)
+        } else {
+            None
+        };
+        let dw = x
+            .transpose(0, 1)?
+            .conv2d(&dy.transpose(0, 1)?, p, 1, s, 1)?
+            .transpose(0, 1)?;
+        let dw = if dw.dim(2)? != kh || dw.dim(3)? != kw {
+            dw.narrow(2, 0, kh)?.narrow(3, 0, kw)?
+        } else {
+            dw
+        };
+        Ok((dx, Some(dw)))
+    }
+}

@@ -1,0 +1,276 @@
+//! The pools and per-axis padding: values against a naive reference, gradients against finite
+//! differences in f64, and the CPU kernel against the composed (any-device) version.
+
+use candle_core::{DType, Device, Tensor, Var};
+use retrain_inception::ops::{Pool2d, PoolKind, pad2d};
+
+const POOLS: [Pool2d; 3] = [Pool2d::AVG_3X3_S1, Pool2d::MAX_3X3_S2, Pool2d::AVG_5X5_S3];
+
+fn input(dims: &[usize], salt: u64) -> Tensor {
+    let n: usize = dims.iter().product();
+    // Distinct values (no ties for max pooling), deterministic.
+    let values: Vec<f64> = (0..n)
+        .map(|i| {
+            let k = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15 ^ salt);
+            ((k >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(values, dims, &Device::Cpu).unwrap()
+}
+
+/// Naive pooling on one N×C×H×W tensor, for reference.
+fn naive(pool: &Pool2d, xs: &Tensor) -> Vec<f64> {
+    let (n, c, h, w) = xs.dims4().unwrap();
+    let x = xs.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let (oh, ow) = (pool.out_len(h).unwrap(), pool.out_len(w).unwrap());
+    let mut out = Vec::new();
+    for plane in 0..n * c {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut vals = Vec::new();
+                for ky in 0..pool.kernel {
+                    for kx in 0..pool.kernel {
+                        let y = (oy * pool.stride + ky) as isize - pool.padding as isize;
+                        let xx = (ox * pool.stride + kx) as isize - pool.padding as isize;
+                        let inside = y >= 0 && xx >= 0 && (y as usize) < h && (xx as usize) < w;
+                        let v = if inside {
+                            x[plane * h * w + y as usize * w + xx as usize]
+                        } else {
+                            0.0
+                        };
+                        if inside || pool.kind == PoolKind::Avg {
+                            vals.push(v);
+                        }
+                    }
+                }
+                out.push(match pool.kind {
+                    PoolKind::Avg => vals.iter().sum::<f64>() / (pool.kernel * pool.kernel) as f64,
+                    PoolKind::Max => vals.into_iter().fold(f64::MIN, f64::max),
+                });
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn pools_match_a_naive_reference_and_torch_shapes() {
+    let xs = input(&[2, 3, 11, 9], 1);
+    for pool in POOLS {
+        let got = pool.forward(&xs).unwrap();
+        let (oh, ow) = (pool.out_len(11).unwrap(), pool.out_len(9).unwrap());
+        assert_eq!(got.dims(), [2, 3, oh, ow], "{pool:?}");
+        let got = got.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let want = naive(&pool, &xs);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-12, "{pool:?}: {g} vs {w}");
+        }
+        let composed = pool.forward_composed(&xs).unwrap();
+        let composed = composed.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        for (g, w) in composed.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-12, "{pool:?} composed: {g} vs {w}");
+        }
+    }
+    // Floor mode: 35 → 17 and 17 → 8 (Inception's reductions); 17 → 5 (the aux head).
+    assert_eq!(Pool2d::MAX_3X3_S2.out_len(35), Some(17));
+    assert_eq!(Pool2d::MAX_3X3_S2.out_len(17), Some(8));
+    assert_eq!(Pool2d::AVG_5X5_S3.out_len(17), Some(5));
+    assert_eq!(Pool2d::AVG_3X3_S1.out_len(1), Some(1));
+}
+
+/// ∂(Σ w·f(x))/∂x by backprop and by central differences.
+fn check_gradient(f: &dyn Fn(&Tensor) -> Tensor, dims: &[usize], what: &str) {
+    let x0 = input(dims, 7);
+    let x = Var::from_tensor(&x0).unwrap();
+    let y = f(x.as_tensor());
+    let w = input(y.dims(), 3);
+    let loss = (&y * &w).unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    let analytic = grads
+        .get(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let base = x0.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let eps = 1e-6;
+    let eval = |values: &[f64]| -> f64 {
+        let t = Tensor::from_slice(values, dims, &Device::Cpu).unwrap();
+        (f(&t) * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let mut worst = 0f64;
+    for i in 0..base.len() {
+        let mut plus = base.clone();
+        plus[i] += eps;
+        let mut minus = base.clone();
+        minus[i] -= eps;
+        let numeric = (eval(&plus) - eval(&minus)) / (2.0 * eps);
+        worst = worst.max((numeric - analytic[i]).abs());
+    }
+    assert!(worst < 1e-7, "{what}: max |analytic − numeric| = {worst}");
+}
+
+#[test]
+fn pool_gradients_match_finite_differences() {
+    for pool in POOLS {
+        check_gradient(
+            &|x| pool.forward(x).unwrap(),
+            &[1, 2, 8, 7],
+            &format!("{pool:?}"),
+        );
+        check_gradient(
+            &|x| pool.forward_composed(x).unwrap(),
+            &[1, 2, 8, 7],
+            &format!("{pool:?} composed"),
+        );
+    }
+}
+
+#[test]
+fn per_axis_padded_convolutions_have_exact_gradients() {
+    // A 1×7 convolution with padding (0, 3) and a 3×1 one with padding (1, 0), as in blocks C and E.
+    for (kh, kw, ph, pw) in [(1, 7, 0, 3), (7, 1, 3, 0), (3, 1, 1, 0)] {
+        let kernel = input(&[3, 2, kh, kw], 11);
+        let f = |x: &Tensor| {
+            pad2d(x, ph, pw)
+                .unwrap()
+                .conv2d(&kernel, 0, 1, 1, 1)
+                .unwrap()
+        };
+        let y = f(&input(&[1, 2, 6, 8], 5));
+        assert_eq!(y.dims(), [1, 3, 6, 8], "same-size output for {kh}×{kw}");
+        check_gradient(&f, &[1, 2, 6, 8], &format!("{kh}×{kw} conv input"));
+        // And with respect to the kernel.
+        let xs = input(&[1, 2, 6, 8], 5);
+        check_gradient(
+            &|k: &Tensor| pad2d(&xs, ph, pw).unwrap().conv2d(k, 0, 1, 1, 1).unwrap(),
+            &[3, 2, kh, kw],
+            &format!("{kh}×{kw} conv kernel"),
+        );
+    }
+}
+
+#[test]
+fn pools_refuse_bad_shapes() {
+    let tiny = Tensor::zeros((1, 1, 2, 2), DType::F32, &Device::Cpu).unwrap();
+    let err = Pool2d::MAX_3X3_S2.forward(&tiny).unwrap_err().to_string();
+    assert!(err.contains("does not fit"), "{err}");
+    let flat = Tensor::zeros((4, 4), DType::F32, &Device::Cpu).unwrap();
+    assert!(Pool2d::AVG_3X3_S1.forward(&flat).is_err());
+}
+
+#[test]
+fn f32_kernel_matches_f64() {
+    let xs = input(&[2, 4, 17, 17], 9);
+    for pool in POOLS {
+        let a = pool.forward(&xs.to_dtype(DType::F32).unwrap()).unwrap();
+        let b = pool.forward(&xs).unwrap().to_dtype(DType::F32).unwrap();
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap();
+        assert!(d.to_scalar::<f32>().unwrap() < 1e-6);
+    }
+}
+
+#[test]
+fn fused_batch_norm_matches_candle_and_finite_differences() {
+    use retrain_inception::ops::batch_norm_train;
+    let gamma = input(&[3], 21).affine(0.5, 1.0).unwrap();
+    let beta = input(&[3], 22);
+    let xs = input(&[2, 3, 4, 5], 23);
+    let (ys, mean, var) = batch_norm_train(&xs, &gamma, &beta, 1e-3).unwrap().unwrap();
+    // candle's composition of the same formula.
+    let x_t = xs.transpose(0, 1).unwrap().flatten_from(1).unwrap();
+    let want_mean = x_t.mean_keepdim(1).unwrap();
+    let centred = x_t.broadcast_sub(&want_mean).unwrap();
+    let want_var = centred.sqr().unwrap().mean_keepdim(1).unwrap();
+    let want = centred
+        .broadcast_div(&(want_var.clone() + 1e-3).unwrap().sqrt().unwrap())
+        .unwrap()
+        .broadcast_mul(&gamma.reshape((3, 1)).unwrap())
+        .unwrap()
+        .broadcast_add(&beta.reshape((3, 1)).unwrap())
+        .unwrap()
+        .reshape((3, 2, 4, 5))
+        .unwrap()
+        .transpose(0, 1)
+        .unwrap();
+    let close = |a: &Tensor, b: &Tensor| {
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap();
+        d.to_scalar::<f64>().unwrap() < 1e-12
+    };
+    assert!(close(&ys, &want));
+    assert!(close(&mean, &want_mean.flatten_all().unwrap()));
+    assert!(close(&var, &want_var.flatten_all().unwrap()));
+    check_gradient(
+        &|x| batch_norm_train(x, &gamma, &beta, 1e-3).unwrap().unwrap().0,
+        &[2, 3, 4, 5],
+        "batch norm input",
+    );
+    check_gradient(
+        &|g| batch_norm_train(&xs, g, &beta, 1e-3).unwrap().unwrap().0,
+        &[3],
+        "batch norm gamma",
+    );
+    check_gradient(
+        &|b| batch_norm_train(&xs, &gamma, b, 1e-3).unwrap().unwrap().0,
+        &[3],
+        "batch norm beta",
+    );
+    // One value per channel is an error, not a NaN.
+    let single = Tensor::zeros((1, 3, 1, 1), DType::F64, &Device::Cpu).unwrap();
+    assert!(batch_norm_train(&single, &gamma, &beta, 1e-3).is_err());
+}
+
+#[test]
+fn convolution_gradients_match_finite_differences() {
+    use retrain_inception::ops::conv2d;
+    let cases = [
+        (3, 3, 1, 1),
+        (1, 1, 0, 1),
+        (5, 5, 2, 1),
+        (3, 3, 0, 1),
+        (1, 7, 0, 1),
+        (3, 3, 0, 2),
+        (3, 3, 1, 2),
+        (1, 1, 0, 2),
+    ];
+    for (kh, kw, p, s) in cases {
+        let kernel = input(&[3, 2, kh, kw], 31);
+        for (h, w) in [(7, 9), (8, 8)] {
+            let xs = input(&[2, 2, h, w], 32);
+            let got = conv2d(&xs, &kernel, p, s).unwrap();
+            let want = xs.conv2d(&kernel, p, s, 1, 1).unwrap();
+            let d = (got - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap();
+            assert!(d.to_scalar::<f64>().unwrap() < 1e-12);
+            let what = format!("{kh}×{kw} p{p} s{s} on {h}×{w}");
+            check_gradient(&|x| conv2d(x, &kernel, p, s).unwrap(), &[2, 2, h, w], &what);
+            check_gradient(&|k| conv2d(&xs, k, p, s).unwrap(), &[3, 2, kh, kw], &what);
+        }
+    }
+}
