@@ -253,10 +253,11 @@ pub(crate) fn bench(args: &BenchArgs) -> anyhow::Result<()> {
 /// Decode and sort of the synthetic CIFAR-10 archive (60,000 images at the real size):
 /// `retrain-sort` from the extracted folder and straight from the archive, against the reference
 /// recipe's preparation (`scripts/reference/cifar_prepare.py`: pickle, numpy and imageio, one image
-/// at a time, from the extracted folder). The runs of the three take turns. Each run writes a fresh
-/// folder and all are removed at the end: deleting 60,000 files makes ext4 slower to create files
-/// for about a minute, which would otherwise be measured. Peak memory is the largest resident set
-/// of a run, from GNU `/usr/bin/time` where there is one.
+/// at a time, from the extracted folder). The runs of the three take turns, each after a `sync`
+/// (so that none is timed writing back the previous one's files). Each run writes a fresh folder
+/// and all are removed at the end: deleting 60,000 files makes ext4 slower to create files for
+/// minutes, which would otherwise be measured. Peak memory is the largest resident set of a run,
+/// from GNU `/usr/bin/time` where there is one.
 fn sort(args: &BenchArgs) -> anyhow::Result<()> {
     let root = workspace_root();
     let work = args
@@ -370,6 +371,8 @@ fn sort(args: &BenchArgs) -> anyhow::Result<()> {
                 }
                 cmd = timed;
             }
+            // Flush what the previous run wrote, so that its write-back is not timed here.
+            run_checked(&mut Command::new("sync"))?;
             let start = Instant::now();
             run_checked(&mut cmd)?;
             let elapsed = start.elapsed();
@@ -627,6 +630,8 @@ fn tfrecord(args: &BenchArgs) -> anyhow::Result<()> {
                 }
             }
             cmd.stdout(std::process::Stdio::null());
+            // Flush what the previous run wrote, so that its write-back is not timed here.
+            run_checked(&mut Command::new("sync"))?;
             let start = Instant::now();
             run_checked(&mut cmd)?;
             let elapsed = start.elapsed();

@@ -43,6 +43,12 @@ pub(crate) fn ci(args: &CiArgs) -> anyhow::Result<()> {
                 .current_dir(&root),
         )?;
         step(
+            "interop: Python pickle + numpy + Pillow check every sorted PNG",
+            Command::new("bash")
+                .arg(root.join("scripts/check-sort.sh"))
+                .current_dir(&root),
+        )?;
+        step(
             "interop: protobuf, tfrecord and TensorBoard read our TFRecords and events",
             Command::new("bash")
                 .arg(root.join("scripts/check-tfrecord.sh"))

@@ -112,8 +112,8 @@ pub(crate) struct Report {
 }
 
 /// Whether the sort and tfrecord stages have landed.
-const SORT_BUILT: bool = false;
-const TFRECORD_BUILT: bool = false;
+const SORT_BUILT: bool = true;
+const TFRECORD_BUILT: bool = true;
 
 /// The archive's file name for a dataset.
 fn archive_name(dataset: &str) -> &'static str {
@@ -368,6 +368,7 @@ fn run_step(step: &Step, force: bool) -> anyhow::Result<Outcome> {
         &package,
         "--",
     ]);
+    cmd.args(step.subcommand);
     cmd.arg("--out").arg(&step.out);
     for (flag, path) in &step.inputs {
         cmd.arg(format!("--{flag}")).arg(path);
