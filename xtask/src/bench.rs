@@ -387,7 +387,6 @@ fn sort(args: &BenchArgs) -> anyhow::Result<()> {
             eprintln!("bench: sort / {name}: {:.2} s", elapsed.as_secs_f64());
         }
     }
-    remove(&outputs)?;
 
     let images = 6 * args.images_per_batch;
     let medians: Vec<Duration> = times
@@ -432,7 +431,14 @@ sort: {images} images ({} per batch) into PNG class folders, {} runs each, media
          every image transposed and loses those whose names collide; `--from-archive` also \
          decompresses the archive (the others read the extracted batches)."
     )?;
-    Ok(())
+    out.flush()?;
+    drop(out);
+    eprintln!(
+        "bench: sort: removing the {} output folders (slow where the file system discards \
+         freed blocks)",
+        cases.len() * args.runs
+    );
+    remove(&outputs)
 }
 
 /// Inception-v3 on the CPU: eval forward images/s at 299×299 and 139×139 (batch 32) and one
