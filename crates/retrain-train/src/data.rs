@@ -5,6 +5,7 @@
 //! the images, and [`Dataset::read`] fetches one record by seeking straight to it, from any number
 //! of threads at once.
 
+use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -101,20 +102,10 @@ pub enum Error {
         /// The number of classes in the labels file; `None` without one.
         n_classes: Option<usize>,
     },
-    #[error(
-        "{}: record {record} (byte {offset}): label {label} is {text:?} but class {label} is {expected:?}{}",
-        path.display(),
-        match labels_file { Some(p) => format!(" in {}", p.display()), None => " in an earlier record".to_owned() }
-    )]
-    ClassText {
-        path: PathBuf,
-        record: u64,
-        offset: u64,
-        label: i64,
-        text: String,
-        expected: String,
-        labels_file: Option<PathBuf>,
-    },
+    /// A record's class name disagrees with the labels file or an earlier record (boxed: it is
+    /// the largest variant).
+    #[error("{0}")]
+    ClassText(Box<ClassTextMismatch>),
     #[error(
         "{}: no {split} record has label {label} (of 1..={n_classes}), so its class name is unknown; give a labels file",
         dir.display()
@@ -139,6 +130,45 @@ pub enum Error {
     },
     #[error("record index {idx} is out of range: the dataset has {len} records")]
     Index { idx: usize, len: usize },
+}
+
+/// A record whose `image/class/text` is not its class's name; see [`Error::ClassText`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassTextMismatch {
+    /// The shard.
+    pub path: PathBuf,
+    /// 0-based record number in the shard.
+    pub record: u64,
+    /// Byte offset of the record.
+    pub offset: u64,
+    /// `image/class/label`, 1-based.
+    pub label: i64,
+    /// `image/class/text`.
+    pub text: String,
+    /// The class's name.
+    pub expected: String,
+    /// Where the name comes from: the labels file, or `None` for an earlier record.
+    pub labels_file: Option<PathBuf>,
+}
+
+impl fmt::Display for ClassTextMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: record {} (byte {}): label {} is {:?} but class {} is {:?} ",
+            self.path.display(),
+            self.record,
+            self.offset,
+            self.label,
+            self.text,
+            self.label,
+            self.expected
+        )?;
+        match &self.labels_file {
+            Some(path) => write!(f, "in {}", path.display()),
+            None => write!(f, "in an earlier record"),
+        }
+    }
 }
 
 /// The records of one split of a TFRecord directory.
@@ -218,7 +248,7 @@ impl Dataset {
                     && !image.text.is_empty()
                     && image.text != expected
                 {
-                    return Err(Error::ClassText {
+                    return Err(Error::ClassText(Box::new(ClassTextMismatch {
                         path: path.clone(),
                         record,
                         offset,
@@ -226,7 +256,7 @@ impl Dataset {
                         text: image.text,
                         expected: expected.to_owned(),
                         labels_file: labels_file.clone(),
-                    });
+                    })));
                 }
                 records.push(RecordRef {
                     file: file_idx as u32,

@@ -119,8 +119,9 @@ pub enum Error {
         path: PathBuf,
         offset: u64,
         filename: String,
+        /// Boxed: an `ImageError` is large and would make every `Result` carrying this large.
         #[source]
-        source: image::ImageError,
+        source: Box<image::ImageError>,
     },
     #[error("loader configuration: {problem}")]
     Config { problem: &'static str },
@@ -243,7 +244,7 @@ impl Shared {
                 path: self.dataset.files[rec.file as usize].clone(),
                 offset: rec.offset,
                 filename: record.filename.clone(),
-                source,
+                source: Box::new(source),
             }
         })?;
         let mut out = vec![0.0f32; 3 * self.size * self.size];
@@ -510,6 +511,13 @@ mod tests {
         ] {
             assert_ne!(base, first(other));
         }
+    }
+
+    #[test]
+    fn a_loader_can_move_to_another_thread() {
+        fn send<T: Send>() {}
+        send::<Loader>();
+        send::<Error>();
     }
 
     #[test]
