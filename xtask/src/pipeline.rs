@@ -59,6 +59,8 @@ struct Step {
     dir: PathBuf,
     /// What `--out` names: `dir` itself, or a file in it (fetch).
     out: PathBuf,
+    /// The flag that names `out` (`out`; `run` for train and eval).
+    out_flag: &'static str,
     /// A subcommand of the stage's binary to run (`retrain-tfrecord build`).
     subcommand: Option<&'static str>,
     /// Input paths by flag name.
@@ -78,6 +80,7 @@ impl Step {
             name,
             built,
             out: dir.clone(),
+            out_flag: "out",
             dir,
             subcommand: None,
             inputs: BTreeMap::new(),
@@ -151,9 +154,36 @@ fn after_download(workdir: &Path, dataset: &str, archive: PathBuf) -> Vec<Step> 
             .param("dataset", dataset)
             .param("labels", "fine"),
         tfrecord,
-        Step::new("train", false, workdir.join("runs")),
-        Step::new("eval", false, workdir.join("runs")),
     ]
+}
+
+/// Train and eval of run `name`: `train` writes `runs/<name>`, `eval` `runs/<name>/eval`,
+/// pinned to the model the training manifest recorded.
+fn train_and_eval(workdir: &Path, name: &str, train_params: &[(&str, &str)]) -> Vec<Step> {
+    let run = workdir.join("runs").join(name);
+    let mut train =
+        Step::new("train", true, run.clone()).input("tfrecords", workdir.join("tfrecords"));
+    train.out_flag = "run";
+    for (flag, value) in train_params {
+        train = train.param(flag, value);
+    }
+    let mut eval = Step::new("eval", true, run.join("eval"))
+        .input("tfrecords", workdir.join("tfrecords"))
+        .param("batch-size", "50");
+    eval.out = run;
+    eval.out_flag = "run";
+    eval.resolve = Some(|step, _| {
+        let manifest = retrain_stage::Manifest::read(&step.out)?
+            .with_context(|| format!("no training manifest in {}", step.out.display()))?;
+        let digest = manifest
+            .outputs
+            .get("model.safetensors")
+            .with_context(|| format!("{}: no model recorded", step.out.display()))?;
+        step.params
+            .insert("model-sha256".into(), digest.sha256.clone());
+        Ok(())
+    });
+    vec![train, eval]
 }
 
 pub(crate) fn pipeline(args: &PipelineArgs) -> anyhow::Result<Report> {
@@ -168,6 +198,19 @@ pub(crate) fn pipeline(args: &PipelineArgs) -> anyhow::Result<Report> {
     fetch.out = archive.clone();
     let mut steps = vec![fetch];
     steps.extend(after_download(&workdir, &args.dataset, archive));
+    // Pretrained weights join the chain with the end-to-end issue; until then the backbone is
+    // seeded (its batch-norm statistics calibrated on the data).
+    steps.extend(train_and_eval(
+        &workdir,
+        &args.dataset,
+        &[
+            ("trainable", "head"),
+            ("init", "seeded"),
+            ("size", "299"),
+            ("epochs", "10"),
+            ("seed", "0"),
+        ],
+    ));
     run_chain(&workdir, steps, &args.run)
 }
 
@@ -207,6 +250,20 @@ pub(crate) fn demo(args: &RunArgs) -> anyhow::Result<Report> {
         .clone()
         .input("member-digests", synth_dir.join("members.md5"));
     steps.extend(rest);
+    // Head-only at 75×75 from a seeded backbone: a few minutes on 2 cores.
+    steps.extend(train_and_eval(
+        &workdir,
+        "demo",
+        &[
+            ("trainable", "head"),
+            ("init", "seeded"),
+            ("size", "75"),
+            ("epochs", "20"),
+            ("batch-size", "100"),
+            ("lr", "0.01"),
+            ("seed", "0"),
+        ],
+    ));
     let report = run_chain(&workdir, steps, args)?;
     eprintln!("demo: artifacts in {}:", workdir.display());
     for (path, what) in [
@@ -221,12 +278,58 @@ pub(crate) fn demo(args: &RunArgs) -> anyhow::Result<Report> {
             "class folders of PNGs and labels.txt",
         ),
         (workdir.join("tfrecords"), "TFRecord shards"),
+        (workdir.join("bottlenecks"), "cached bottlenecks"),
+        (
+            workdir.join("runs/demo/model.safetensors"),
+            "the trained model",
+        ),
+        (workdir.join("runs/demo/metrics.jsonl"), "training metrics"),
+        (workdir.join("runs/demo/loss.png"), "loss curve"),
+        (
+            workdir.join("runs/demo/train"),
+            "TensorBoard events (training)",
+        ),
+        (
+            workdir.join("runs/demo/eval/metrics.json"),
+            "precision@1, recall@5, per class",
+        ),
+        (
+            workdir.join("runs/demo/eval/confusion.png"),
+            "confusion matrix",
+        ),
     ] {
         if path.exists() {
             eprintln!("  {:<45} {}", path.display().to_string(), what);
         }
     }
+    let runs = workdir.join("runs");
+    if runs.join("demo/model.safetensors").exists() {
+        eprintln!("  tensorboard --logdir {}", runs.display());
+        let example = first_image(&workdir.join("images/validation_dir"));
+        eprintln!(
+            "  try: cargo run --release -p retrain-train --bin retrain-predict -- --model {} {}",
+            runs.join("demo").display(),
+            example.map_or_else(|| "IMAGE.png".into(), |p| p.display().to_string())
+        );
+    }
     Ok(report)
+}
+
+/// The first image (in name order) of the first class folder under `dir`.
+fn first_image(dir: &Path) -> Option<PathBuf> {
+    let mut classes: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    classes.sort();
+    let mut images: Vec<PathBuf> = std::fs::read_dir(classes.first()?)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    images.sort();
+    images.into_iter().next()
 }
 
 /// Applies `--config` and `--set` to the steps' default parameters. Unknown stages or flags are
@@ -357,7 +460,12 @@ fn run_step(step: &Step, force: bool) -> anyhow::Result<Outcome> {
             eprintln!("pipeline: {}: running ({reason})", step.name);
         }
     }
-    let package = format!("retrain-{}", step.name);
+    let binary = format!("retrain-{}", step.name);
+    // train and eval are binaries of the retrain-train package.
+    let package = match step.name {
+        "train" | "eval" => "retrain-train",
+        _ => &binary,
+    };
     let mut cmd = cargo();
     cmd.args([
         "run",
@@ -365,11 +473,13 @@ fn run_step(step: &Step, force: bool) -> anyhow::Result<Outcome> {
         "--release",
         "--locked",
         "-p",
-        &package,
+        package,
+        "--bin",
+        &binary,
         "--",
     ]);
     cmd.args(step.subcommand);
-    cmd.arg("--out").arg(&step.out);
+    cmd.arg(format!("--{}", step.out_flag)).arg(&step.out);
     for (flag, path) in &step.inputs {
         cmd.arg(format!("--{flag}")).arg(path);
     }

@@ -83,6 +83,13 @@ impl Reporter for ProgressBar {
         }
     }
 
+    fn println(&self, line: &str) {
+        match &*self.bar.lock().expect("progress lock") {
+            Some(bar) => bar.suspend(|| eprintln!("{line}")),
+            None => eprintln!("{line}"),
+        }
+    }
+
     fn finish(&self) {
         if let Some(bar) = self.bar.lock().expect("progress lock").take() {
             bar.finish_and_clear();

@@ -27,6 +27,12 @@ pub trait Reporter: Send + Sync {
     fn advance(&self, n: u64);
     /// The work is complete.
     fn finish(&self);
+    /// A line for the person watching (a training log line), shown above the bar. Libraries
+    /// emit such lines through the reporter so that binaries can interleave them with the bar;
+    /// the default drops them.
+    fn println(&self, line: &str) {
+        let _ = line;
+    }
 }
 
 /// A [`Reporter`] that reports nothing.

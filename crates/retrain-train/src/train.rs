@@ -1,0 +1,1049 @@
+//! The training loop: `--trainable head` (the retrain.py way: frozen backbone, cached
+//! bottlenecks, a new `fc`) and `--trainable all` (the TF recipe: every layer, augmentation, aux
+//! logits, label smoothing, weight decay, batch norm in training mode).
+
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
+
+use candle_core::{D, DType, Device, Tensor, Var};
+use rand::{SeedableRng as _, seq::SliceRandom as _};
+use rand_chacha::ChaCha8Rng;
+use retrain_inception::{FEATURES, MIN_AUX_INPUT, MIN_INPUT, Model};
+use retrain_stage::{Manifest, Reporter};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    augment::TrainAugment,
+    bottleneck::{self, Bottlenecks, Extract},
+    checkpoint::{self, Meta},
+    data::{Dataset, Split},
+    loader::{Loader, LoaderConfig, Order, Transform},
+    loss,
+    optim::{LrSchedule, Optimizer, OptimizerKind},
+    plot,
+};
+
+/// Files of a run directory.
+pub mod files {
+    pub const MODEL: &str = "model.safetensors";
+    pub const MODEL_CARD: &str = "model.json";
+    pub const LABELS: &str = "labels.txt";
+    pub const METRICS: &str = "metrics.jsonl";
+    pub const LOSS_PNG: &str = "loss.png";
+    pub const CHECKPOINTS: &str = "checkpoints";
+    pub const TRAIN_EVENTS: &str = "train";
+    pub const CONFIG: &str = "train-config.json";
+}
+
+/// The stage name in manifests.
+pub const STAGE: &str = "train";
+
+/// Which layers train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trainable {
+    /// Only a new `fc`, on cached bottlenecks (the backbone is frozen).
+    Head,
+    /// Every layer, batch norm in training mode.
+    All,
+}
+
+/// Where the starting weights come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Init {
+    /// torchvision `.pth` or timm safetensors; the classifier is re-created for N classes.
+    Weights(PathBuf),
+    /// A seeded initialisation: "no pretrained weights".
+    Seeded,
+}
+
+/// Everything a training run is made of.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    /// The TFRecord directory (`train-*` shards; `labels.txt` beside them or `labels`).
+    pub tfrecords: PathBuf,
+    /// Class names, one per line [default: `<tfrecords>/labels.txt`, else `image/class/text`].
+    pub labels: Option<PathBuf>,
+    /// The run directory (`runs/<name>`).
+    pub run: PathBuf,
+    pub init: Init,
+    pub trainable: Trainable,
+    /// Input size (H = W), at least 75.
+    pub size: usize,
+    pub batch_size: usize,
+    /// Stop after this many epochs …
+    pub epochs: u64,
+    /// … or after this many steps, if given.
+    pub max_steps: Option<u64>,
+    pub optimizer: OptimizerKind,
+    pub lr: LrSchedule,
+    pub label_smoothing: f64,
+    pub aux_weight: f64,
+    /// slim-style L2 (`wd·Σw²/2` on conv and fc weights); AdamW uses its own decoupled decay.
+    pub weight_decay: f64,
+    /// Batch-norm moving-average decay (TF convention; PyTorch momentum = 1 − decay).
+    pub bn_decay: f64,
+    /// Dropout probability before `fc`.
+    pub dropout: f32,
+    pub seed: u64,
+    /// Decoding threads (0: every core).
+    pub threads: usize,
+    /// Shuffle buffer (examples) of `--trainable all`.
+    pub shuffle_buffer: usize,
+    /// Log, summarise and record metrics every N steps.
+    pub log_every: u64,
+    /// Write a checkpoint every N steps (0: only at the end).
+    pub checkpoint_every: u64,
+    /// Continue from the newest checkpoint in the run directory.
+    pub resume: bool,
+    /// Bottleneck cache directory.
+    pub cache_dir: PathBuf,
+    /// Images per forward pass when computing bottlenecks.
+    pub extract_batch: usize,
+    /// `cpu`, `cuda`, `cuda:N`.
+    pub device: String,
+}
+
+impl Config {
+    /// The recipe's defaults for `--trainable`.
+    pub fn new(tfrecords: PathBuf, run: PathBuf, trainable: Trainable) -> Self {
+        let cache_dir = tfrecords
+            .parent()
+            .map_or_else(|| PathBuf::from("bottlenecks"), |p| p.join("bottlenecks"));
+        Self {
+            tfrecords,
+            labels: None,
+            run,
+            init: Init::Seeded,
+            trainable,
+            size: 299,
+            batch_size: match trainable {
+                Trainable::Head => 100,
+                Trainable::All => 32,
+            },
+            epochs: 10,
+            max_steps: None,
+            optimizer: OptimizerKind::rmsprop(),
+            lr: LrSchedule::default(),
+            label_smoothing: 0.1,
+            aux_weight: 0.4,
+            weight_decay: 4e-5,
+            bn_decay: 0.9997,
+            dropout: 0.2,
+            seed: 0,
+            threads: 0,
+            shuffle_buffer: 10_000,
+            log_every: 10,
+            checkpoint_every: 0,
+            resume: false,
+            cache_dir,
+            extract_batch: 32,
+            device: "cpu".into(),
+        }
+    }
+
+    /// The settings that decide the numbers (not how long to run, nor where to log): a resumed
+    /// run must have the same.
+    fn identity(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("serialisable");
+        if let Some(map) = v.as_object_mut() {
+            for key in [
+                "epochs",
+                "max_steps",
+                "resume",
+                "threads",
+                "log_every",
+                "checkpoint_every",
+                "cache_dir",
+                "device",
+                "extract_batch",
+                "run",
+            ] {
+                map.remove(key);
+            }
+        }
+        v
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error(transparent)]
+    Data(#[from] crate::data::Error),
+    #[error(transparent)]
+    Loader(Box<crate::loader::Error>),
+    #[error(transparent)]
+    Bottleneck(Box<bottleneck::Error>),
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::Error),
+    #[error(transparent)]
+    Model(#[from] retrain_inception::Error),
+    #[error(transparent)]
+    Optimizer(#[from] crate::optim::Error),
+    #[error(transparent)]
+    Plot(#[from] crate::plot::Error),
+    #[error(transparent)]
+    Stage(#[from] retrain_stage::Error),
+    #[error("training step {step}: {source}")]
+    Compute {
+        step: u64,
+        #[source]
+        source: candle_core::Error,
+    },
+    #[error(
+        "the loss is {loss} at step {step} (learning rate {lr:e}): training diverged; lower --lr or check the data"
+    )]
+    NotFinite { step: u64, loss: f32, lr: f64 },
+    #[error("writing {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {what}", path.display())]
+    Invalid { path: PathBuf, what: String },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(
+        "cannot resume from {}: it was written with other settings ({what}); start a new run or pass the same settings",
+        path.display()
+    )]
+    ResumeMismatch { path: PathBuf, what: String },
+}
+
+impl From<crate::loader::Error> for Error {
+    fn from(e: crate::loader::Error) -> Self {
+        Self::Loader(Box::new(e))
+    }
+}
+
+impl From<bottleneck::Error> for Error {
+    fn from(e: bottleneck::Error) -> Self {
+        Self::Bottleneck(Box::new(e))
+    }
+}
+
+fn compute(step: u64) -> impl FnOnce(candle_core::Error) -> Error {
+    move |source| Error::Compute { step, source }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Reached its last step; the model is exported.
+    Finished { steps: u64, loss: f32 },
+    /// Stopped on request (Ctrl-C) after writing a checkpoint.
+    Interrupted { steps: u64, checkpoint: PathBuf },
+}
+
+/// One logged step: a line of `metrics.jsonl` (no wall times, so the file is reproducible).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub step: u64,
+    pub epoch: u64,
+    pub loss: f32,
+    pub learning_rate: f64,
+    /// Top-1 accuracy of the step's batch.
+    pub accuracy: f32,
+}
+
+/// What `model.json` says about an exported model: what eval and predict need.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCard {
+    pub size: usize,
+    pub num_classes: usize,
+    pub steps: u64,
+    pub trainable: Trainable,
+    /// `pretrained` (with the file name) or `no pretrained weights`.
+    pub init: String,
+}
+
+/// Trains as `cfg` says; `cancel` set (by Ctrl-C) stops at the next step with a checkpoint.
+pub fn run(
+    cfg: &Config,
+    cancel: &AtomicBool,
+    rep: &dyn Reporter,
+) -> Result<(Outcome, Option<Manifest>), Error> {
+    validate(cfg)?;
+    let device = retrain_inception::device(&cfg.device)?;
+    let dataset = Arc::new(Dataset::open(
+        &cfg.tfrecords,
+        Split::Train,
+        cfg.labels.as_deref(),
+    )?);
+    if dataset.is_empty() {
+        return Err(Error::Invalid {
+            path: cfg.tfrecords.clone(),
+            what: "no training examples (train-* shards)".into(),
+        });
+    }
+    let n_classes = dataset.n_classes();
+    let aux = cfg.trainable == Trainable::All && cfg.size >= MIN_AUX_INPUT;
+    if cfg.trainable == Trainable::All && !aux {
+        tracing::info!(
+            "aux logits off: the aux head needs Mixed_6e of at least 17×17, an input of at least {MIN_AUX_INPUT} (this run: {})",
+            cfg.size
+        );
+    }
+    let net_cfg = retrain_inception::Config {
+        num_classes: n_classes,
+        aux_logits: aux,
+        dropout: cfg.dropout,
+        bn_momentum: 1.0 - cfg.bn_decay,
+    };
+    let model = match &cfg.init {
+        Init::Weights(path) => {
+            let (model, report) = Model::load(&net_cfg, path, cfg.seed, &device)?;
+            tracing::info!(
+                weights = %path.display(),
+                loaded = report.loaded,
+                "pretrained weights; re-initialised for {n_classes} classes: {}",
+                report.reinitialised.join(", ")
+            );
+            model
+        }
+        Init::Seeded => {
+            tracing::info!(
+                "no pretrained weights: seeded initialisation (seed {})",
+                cfg.seed
+            );
+            let model = Model::new(&net_cfg, cfg.seed, &device)?;
+            calibrate_batch_norm(&model, &net_cfg, &dataset, cfg, &device)?;
+            model
+        }
+    };
+    let run_dir = &cfg.run;
+    std::fs::create_dir_all(run_dir.join(files::CHECKPOINTS)).map_err(|source| Error::Write {
+        path: run_dir.clone(),
+        source,
+    })?;
+    // A rerun replaces the run's artifacts: the manifest goes first, so a half-finished run is
+    // never taken for a finished one.
+    Manifest::remove(run_dir)?;
+
+    let vars = trainable_vars(&model, cfg.trainable);
+    let mut optimizer = Optimizer::new(cfg.optimizer, vars.clone()).map_err(compute(0))?;
+    let mut state = State::default();
+    let mut records = Vec::new();
+    if cfg.resume {
+        if let Some(path) = checkpoint::latest(&run_dir.join(files::CHECKPOINTS))? {
+            let ck = checkpoint::load(&path)?;
+            if ck.meta.config != cfg.identity() {
+                return Err(Error::ResumeMismatch {
+                    path,
+                    what: diff(&ck.meta.config, &cfg.identity()),
+                });
+            }
+            for (name, t) in &ck.model {
+                model
+                    .set_tensor(name, t)
+                    .map_err(|source| Error::Compute { step: 0, source })?;
+            }
+            optimizer.load_state(&ck.optimizer)?;
+            state = State {
+                step: ck.meta.step,
+                epoch: ck.meta.epoch,
+                batch_in_epoch: ck.meta.batch_in_epoch,
+            };
+            records = read_records(&run_dir.join(files::METRICS), state.step)?;
+            tracing::info!(checkpoint = %path.display(), step = state.step, "resuming");
+        } else {
+            tracing::info!(
+                "--resume: no checkpoint in {}, starting afresh",
+                run_dir.display()
+            );
+        }
+    }
+    write_file(&run_dir.join(files::METRICS), &records_jsonl(&records))?;
+    write_file(
+        &run_dir.join(files::CONFIG),
+        &serde_json::to_vec_pretty(cfg).expect("serialisable"),
+    )?;
+
+    let source = match cfg.trainable {
+        Trainable::Head => {
+            let cache = Extract {
+                cache_dir: cfg.cache_dir.clone(),
+                size: cfg.size,
+                batch_size: cfg.extract_batch,
+                threads: cfg.threads,
+            };
+            let bottlenecks = bottleneck::compute_or_load(&model, dataset.clone(), &cache, rep)?;
+            Source::Head(HeadData::new(bottlenecks, &device).map_err(compute(0))?)
+        }
+        Trainable::All => Source::Images(dataset.clone()),
+    };
+    let n = dataset.len();
+    let per_epoch = (n / cfg.batch_size) as u64;
+    if per_epoch == 0 {
+        return Err(Error::Config(format!(
+            "batch size {} is larger than the {n} training examples",
+            cfg.batch_size
+        )));
+    }
+    let total = cfg.max_steps.unwrap_or(cfg.epochs * per_epoch);
+    tracing::info!(
+        examples = n,
+        classes = n_classes,
+        steps = total,
+        steps_per_epoch = per_epoch,
+        "training {:?} at {}×{}, batch {}, {}",
+        cfg.trainable,
+        cfg.size,
+        cfg.size,
+        cfg.batch_size,
+        cfg.optimizer.name()
+    );
+
+    let mut events = retrain_tfrecord::EventWriter::create(&run_dir.join(files::TRAIN_EVENTS))
+        .map_err(|e| Error::Invalid {
+            path: run_dir.join(files::TRAIN_EVENTS),
+            what: e.to_string(),
+        })?;
+    let mut metrics = std::fs::OpenOptions::new()
+        .append(true)
+        .open(run_dir.join(files::METRICS))
+        .map_err(|source| Error::Write {
+            path: run_dir.join(files::METRICS),
+            source,
+        })?;
+    let decayed: Vec<Tensor> = vars
+        .iter()
+        .filter(|(name, _)| loss::decays(name))
+        .map(|(_, v)| v.as_tensor().clone())
+        .collect();
+    let l2_weight = match cfg.optimizer {
+        OptimizerKind::Adamw { .. } => 0.0,
+        _ => cfg.weight_decay,
+    };
+
+    rep.start(total.saturating_sub(state.step), "training");
+    let mut last_loss = f32::NAN;
+    let mut window = Instant::now();
+    let mut window_steps = 0u64;
+    'epochs: while state.step < total {
+        let batches = source.epoch(cfg, state.epoch, state.batch_in_epoch as usize);
+        let mut batches = batches;
+        loop {
+            if state.step >= total {
+                break 'epochs;
+            }
+            let Some(batch) = batches.next(cfg)? else {
+                break;
+            };
+            let step = state.step;
+            let lr = cfg.lr.at(step, cfg.batch_size, n);
+            model
+                .net()
+                .dropout()
+                .reseed(stream(cfg.seed, DROPOUT, step));
+            let (logits, aux_logits) = match &batch.input {
+                Input::Features(f) => (model.net().head(f, true).map_err(compute(step))?, None),
+                Input::Images(xs) => model
+                    .net()
+                    .forward_with_aux(xs, true)
+                    .map_err(compute(step))?,
+            };
+            let labels = Tensor::from_slice(&batch.labels, batch.labels.len(), &device)
+                .map_err(compute(step))?;
+            let mut total_loss = loss::cross_entropy(&logits, &labels, cfg.label_smoothing)
+                .map_err(compute(step))?;
+            if let Some(aux_logits) = &aux_logits {
+                let aux_loss = loss::cross_entropy(aux_logits, &labels, cfg.label_smoothing)
+                    .map_err(compute(step))?;
+                total_loss = (total_loss + (aux_loss * cfg.aux_weight).map_err(compute(step))?)
+                    .map_err(compute(step))?;
+            }
+            if let Some(l2) = loss::l2_penalty(&decayed, l2_weight).map_err(compute(step))? {
+                total_loss = (total_loss + l2).map_err(compute(step))?;
+            }
+            let loss_value = total_loss
+                .to_dtype(DType::F32)
+                .and_then(|l| l.to_scalar::<f32>())
+                .map_err(compute(step))?;
+            if !loss_value.is_finite() {
+                return Err(Error::NotFinite {
+                    step: step + 1,
+                    loss: loss_value,
+                    lr,
+                });
+            }
+            let grads = total_loss.backward().map_err(compute(step))?;
+            optimizer.step(&grads, lr).map_err(compute(step))?;
+            state.step += 1;
+            state.batch_in_epoch += 1;
+            last_loss = loss_value;
+            window_steps += 1;
+            rep.advance(1);
+
+            if state.step % cfg.log_every == 0 || state.step == total {
+                let accuracy = batch_accuracy(&logits, &batch.labels).map_err(compute(step))?;
+                let elapsed = window.elapsed().as_secs_f64();
+                let sec_per_batch = elapsed / window_steps as f64;
+                rep.println(&format!(
+                    "{}: step {}, loss = {:.2} ({:.1} examples/sec; {:.3} sec/batch)",
+                    now_utc(),
+                    state.step,
+                    loss_value,
+                    cfg.batch_size as f64 / sec_per_batch,
+                    sec_per_batch
+                ));
+                window = Instant::now();
+                window_steps = 0;
+                let record = Record {
+                    step: state.step,
+                    epoch: state.epoch,
+                    loss: loss_value,
+                    learning_rate: lr,
+                    accuracy,
+                };
+                let mut line = serde_json::to_vec(&record).expect("serialisable");
+                line.push(b'\n');
+                metrics
+                    .write_all(&line)
+                    .and_then(|()| metrics.flush())
+                    .map_err(|source| Error::Write {
+                        path: run_dir.join(files::METRICS),
+                        source,
+                    })?;
+                records.push(record);
+                events
+                    .add_scalars(
+                        state.step as i64,
+                        &[
+                            ("loss", loss_value),
+                            ("learning_rate", lr as f32),
+                            ("accuracy", accuracy),
+                        ],
+                    )
+                    .map_err(|e| Error::Invalid {
+                        path: events.path().to_owned(),
+                        what: e.to_string(),
+                    })?;
+            }
+            let interrupted = cancel.load(Ordering::SeqCst);
+            if state.batch_in_epoch >= per_epoch {
+                state.epoch += 1;
+                state.batch_in_epoch = 0;
+            }
+            let periodic = cfg.checkpoint_every > 0 && state.step % cfg.checkpoint_every == 0;
+            if periodic || interrupted {
+                let path = save_checkpoint(cfg, &model, &optimizer, &state)?;
+                plot_losses(cfg, &records)?;
+                if interrupted {
+                    rep.finish();
+                    tracing::info!(checkpoint = %path.display(), "interrupted at step {}", state.step);
+                    return Ok((
+                        Outcome::Interrupted {
+                            steps: state.step,
+                            checkpoint: path,
+                        },
+                        None,
+                    ));
+                }
+            }
+            if state.batch_in_epoch == 0 {
+                // The epoch ended: the next one starts with its own order.
+                continue 'epochs;
+            }
+        }
+        // The source ran dry before `per_epoch` batches (cannot happen with drop_last).
+        state.epoch += 1;
+        state.batch_in_epoch = 0;
+    }
+    rep.finish();
+    events.close().map_err(|e| Error::Invalid {
+        path: run_dir.join(files::TRAIN_EVENTS),
+        what: e.to_string(),
+    })?;
+    let last = save_checkpoint(cfg, &model, &optimizer, &state)?;
+    checkpoint::prune(&run_dir.join(files::CHECKPOINTS), 1)?;
+    plot_losses(cfg, &records)?;
+    model.save(&run_dir.join(files::MODEL))?;
+    let labels_txt: String = dataset
+        .class_names
+        .iter()
+        .map(|c| format!("{c}\n"))
+        .collect();
+    write_file(&run_dir.join(files::LABELS), labels_txt.as_bytes())?;
+    let card = ModelCard {
+        size: cfg.size,
+        num_classes: n_classes,
+        steps: state.step,
+        trainable: cfg.trainable,
+        init: match &cfg.init {
+            Init::Weights(p) => format!(
+                "pretrained: {}",
+                p.file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+            ),
+            Init::Seeded => "no pretrained weights".into(),
+        },
+    };
+    write_file(
+        &run_dir.join(files::MODEL_CARD),
+        &serde_json::to_vec_pretty(&card).expect("serialisable"),
+    )?;
+    let mut manifest = Manifest::new(STAGE, env!("CARGO_PKG_VERSION"));
+    for (flag, value) in manifest_params(cfg) {
+        manifest.param(&flag, value);
+    }
+    manifest.input("tfrecords", &cfg.tfrecords)?;
+    if let Init::Weights(path) = &cfg.init {
+        manifest.input("weights", path)?;
+    }
+    let last_name = format!(
+        "{}/{}",
+        files::CHECKPOINTS,
+        last.file_name().expect("a file").to_string_lossy()
+    );
+    for out in [
+        files::MODEL,
+        files::MODEL_CARD,
+        files::LABELS,
+        files::METRICS,
+        files::LOSS_PNG,
+        files::CONFIG,
+        last_name.as_str(),
+    ] {
+        manifest.output(run_dir, out)?;
+    }
+    manifest.write(run_dir)?;
+    Ok((
+        Outcome::Finished {
+            steps: state.step,
+            loss: last_loss,
+        },
+        Some(manifest),
+    ))
+}
+
+/// Sets the batch-norm statistics of a freshly initialised model from data: the statistics of
+/// one training-mode pass over the first images (evaluation preprocessing). A seeded model's
+/// statistics (mean 0, variance 1) do not match its random weights, and evaluation-mode
+/// activations would grow layer by layer until they overflow; with data statistics the frozen
+/// backbone of `--trainable head` gives usable features, and evaluation after a short
+/// `--trainable all` run starts from sensible statistics.
+fn calibrate_batch_norm(
+    model: &Model,
+    net_cfg: &retrain_inception::Config,
+    dataset: &Arc<Dataset>,
+    cfg: &Config,
+    device: &Device,
+) -> Result<(), Error> {
+    let images = if cfg.size > 160 { 32 } else { 128 }.min(dataset.len());
+    // A twin with momentum 1: its running statistics become the batch's.
+    let twin_cfg = retrain_inception::Config {
+        bn_momentum: 1.0,
+        dropout: 0.0,
+        ..net_cfg.clone()
+    };
+    let twin = Model::new(&twin_cfg, cfg.seed, device)?;
+    let mut loader = Loader::new(
+        dataset.clone(),
+        LoaderConfig {
+            batch_size: images,
+            size: cfg.size,
+            seed: cfg.seed,
+            order: Order::Sequential,
+            transform: Transform::Eval,
+            threads: cfg.threads,
+            drop_last: false,
+            prefetch: 1,
+        },
+        0,
+        0,
+    );
+    let Some(batch) = loader.next() else {
+        return Ok(());
+    };
+    let batch = batch?;
+    let xs = batch.tensor(cfg.size, device).map_err(compute(0))?;
+    drop(
+        twin.net()
+            .trunk(&xs, true, &mut |_, _| {})
+            .map_err(compute(0))?,
+    );
+    for (name, t) in twin.tensors() {
+        if name.ends_with("running_mean") || name.ends_with("running_var") {
+            model.set_tensor(&name, &t).map_err(compute(0))?;
+        }
+    }
+    tracing::info!(
+        "batch-norm statistics calibrated on {} training images (no pretrained weights)",
+        batch.labels.len()
+    );
+    Ok(())
+}
+
+/// The parameters a manifest records, by command-line flag (without the dashes).
+pub fn manifest_params(cfg: &Config) -> Vec<(String, String)> {
+    let mut p = vec![
+        (
+            "trainable".into(),
+            format!("{:?}", cfg.trainable).to_lowercase(),
+        ),
+        ("size".into(), cfg.size.to_string()),
+        ("batch-size".into(), cfg.batch_size.to_string()),
+        ("epochs".into(), cfg.epochs.to_string()),
+        ("optimizer".into(), cfg.optimizer.name().to_owned()),
+        ("lr".into(), cfg.lr.initial.to_string()),
+        ("lr-decay".into(), cfg.lr.decay_factor.to_string()),
+        (
+            "epochs-per-decay".into(),
+            cfg.lr.epochs_per_decay.to_string(),
+        ),
+        ("label-smoothing".into(), cfg.label_smoothing.to_string()),
+        ("aux-weight".into(), cfg.aux_weight.to_string()),
+        ("weight-decay".into(), cfg.weight_decay.to_string()),
+        ("bn-decay".into(), cfg.bn_decay.to_string()),
+        ("dropout".into(), cfg.dropout.to_string()),
+        ("seed".into(), cfg.seed.to_string()),
+        ("shuffle-buffer".into(), cfg.shuffle_buffer.to_string()),
+    ];
+    if let Some(m) = cfg.max_steps {
+        p.push(("max-steps".into(), m.to_string()));
+    }
+    if cfg.init == Init::Seeded {
+        p.push(("init".into(), "seeded".into()));
+    }
+    p
+}
+
+fn validate(cfg: &Config) -> Result<(), Error> {
+    if cfg.size < MIN_INPUT {
+        return Err(Error::Config(format!(
+            "--size {} is below Inception-v3's minimum of {MIN_INPUT}",
+            cfg.size
+        )));
+    }
+    if cfg.batch_size == 0 || cfg.log_every == 0 {
+        return Err(Error::Config(
+            "--batch-size and --log-every must be at least 1".into(),
+        ));
+    }
+    if !(0.0..1.0).contains(&cfg.dropout) || !(0.0..1.0).contains(&cfg.label_smoothing) {
+        return Err(Error::Config(
+            "--dropout and --label-smoothing must be in [0, 1)".into(),
+        ));
+    }
+    if !(0.0..=1.0).contains(&cfg.bn_decay) {
+        return Err(Error::Config("--bn-decay must be in [0, 1]".into()));
+    }
+    Ok(())
+}
+
+/// The variables an optimiser updates: the classifier only, or every parameter (batch-norm
+/// running statistics are never trained).
+fn trainable_vars(model: &Model, trainable: Trainable) -> Vec<(String, Var)> {
+    let data = model.varmap().data().lock().expect("varmap lock");
+    let mut vars: Vec<(String, Var)> = data
+        .iter()
+        .filter(|(name, _)| match trainable {
+            Trainable::Head => name.starts_with("fc."),
+            Trainable::All => !name.ends_with("running_mean") && !name.ends_with("running_var"),
+        })
+        .map(|(name, var)| (name.clone(), var.clone()))
+        .collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
+#[derive(Debug, Default, Clone)]
+struct State {
+    step: u64,
+    epoch: u64,
+    batch_in_epoch: u64,
+}
+
+/// Independent random streams derived from the seed: dropout masks per step, the head's
+/// shuffling per epoch. (The loader derives its own from the seed, the epoch and the position.)
+const DROPOUT: u64 = 0xd20_9007;
+const HEAD_SHUFFLE: u64 = 0x4ead_5ff1;
+
+fn stream(seed: u64, kind: u64, index: u64) -> u64 {
+    // splitmix64 of the mix, so neighbouring indices give unrelated seeds.
+    let mut z = seed ^ kind.rotate_left(17) ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+enum Input {
+    Features(Tensor),
+    Images(Tensor),
+}
+
+struct StepBatch {
+    input: Input,
+    labels: Vec<u32>,
+}
+
+/// The in-memory bottlenecks of head training.
+struct HeadData {
+    features: Tensor,
+    labels: Vec<u32>,
+}
+
+impl HeadData {
+    fn new(b: Bottlenecks, device: &Device) -> candle_core::Result<Self> {
+        let n = b.len();
+        Ok(Self {
+            features: Tensor::from_vec(b.features, (n, FEATURES), device)?,
+            labels: b.labels,
+        })
+    }
+}
+
+enum Source {
+    Head(HeadData),
+    Images(Arc<Dataset>),
+}
+
+enum Batches<'a> {
+    Head {
+        data: &'a HeadData,
+        order: Vec<u32>,
+        next: usize,
+    },
+    Images(Loader),
+}
+
+impl Source {
+    fn epoch(&self, cfg: &Config, epoch: u64, start_batch: usize) -> Batches<'_> {
+        match self {
+            Source::Head(data) => {
+                let mut order: Vec<u32> = (0..data.labels.len() as u32).collect();
+                order.shuffle(&mut ChaCha8Rng::seed_from_u64(stream(
+                    cfg.seed,
+                    HEAD_SHUFFLE,
+                    epoch,
+                )));
+                Batches::Head {
+                    data,
+                    order,
+                    next: start_batch,
+                }
+            }
+            Source::Images(dataset) => Batches::Images(Loader::new(
+                dataset.clone(),
+                LoaderConfig {
+                    batch_size: cfg.batch_size,
+                    size: cfg.size,
+                    seed: cfg.seed,
+                    order: Order::ShuffleBuffer {
+                        capacity: cfg.shuffle_buffer,
+                    },
+                    transform: Transform::Train(TrainAugment::default()),
+                    threads: cfg.threads,
+                    drop_last: true,
+                    prefetch: 2,
+                },
+                epoch,
+                start_batch,
+            )),
+        }
+    }
+}
+
+impl Batches<'_> {
+    fn next(&mut self, cfg: &Config) -> Result<Option<StepBatch>, Error> {
+        match self {
+            Batches::Head { data, order, next } => {
+                let start = *next * cfg.batch_size;
+                let end = start + cfg.batch_size;
+                if end > order.len() {
+                    return Ok(None);
+                }
+                *next += 1;
+                let idx = &order[start..end];
+                let device = data.features.device();
+                let ids = Tensor::from_slice(idx, idx.len(), device).map_err(compute(0))?;
+                let features = data.features.index_select(&ids, 0).map_err(compute(0))?;
+                let labels = idx.iter().map(|&i| data.labels[i as usize]).collect();
+                Ok(Some(StepBatch {
+                    input: Input::Features(features),
+                    labels,
+                }))
+            }
+            Batches::Images(loader) => {
+                let Some(batch) = loader.next() else {
+                    return Ok(None);
+                };
+                let batch = batch?;
+                let device = retrain_inception::device(&cfg.device)?;
+                let xs = batch.tensor(cfg.size, &device).map_err(compute(0))?;
+                Ok(Some(StepBatch {
+                    input: Input::Images(xs),
+                    labels: batch.labels,
+                }))
+            }
+        }
+    }
+}
+
+fn batch_accuracy(logits: &Tensor, labels: &[u32]) -> candle_core::Result<f32> {
+    let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+    let hits = pred.iter().zip(labels).filter(|(p, l)| p == l).count();
+    Ok(hits as f32 / labels.len().max(1) as f32)
+}
+
+fn save_checkpoint(
+    cfg: &Config,
+    model: &Model,
+    optimizer: &Optimizer,
+    state: &State,
+) -> Result<PathBuf, Error> {
+    let path = cfg
+        .run
+        .join(files::CHECKPOINTS)
+        .join(checkpoint::file_name(state.step));
+    let meta = Meta {
+        format: checkpoint::FORMAT.into(),
+        step: state.step,
+        epoch: state.epoch,
+        batch_in_epoch: state.batch_in_epoch,
+        seed: cfg.seed,
+        config: cfg.identity(),
+    };
+    let opt_state = optimizer.state().map_err(compute(state.step))?;
+    checkpoint::save(&path, &meta, &model.tensors(), &opt_state)?;
+    tracing::debug!(checkpoint = %path.display(), "checkpoint written");
+    Ok(path)
+}
+
+fn plot_losses(cfg: &Config, records: &[Record]) -> Result<(), Error> {
+    let points: Vec<(u64, f32)> = records.iter().map(|r| (r.step, r.loss)).collect();
+    let accuracy: Vec<(u64, f32)> = records.iter().map(|r| (r.step, r.accuracy)).collect();
+    plot::loss_curve(
+        &cfg.run.join(files::LOSS_PNG),
+        &format!(
+            "training loss ({:?}, {}x{})",
+            cfg.trainable, cfg.size, cfg.size
+        )
+        .to_lowercase(),
+        &[("loss", &points), ("batch accuracy", &accuracy)],
+        800,
+        480,
+    )?;
+    Ok(())
+}
+
+fn records_jsonl(records: &[Record]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in records {
+        out.extend(serde_json::to_vec(r).expect("serialisable"));
+        out.push(b'\n');
+    }
+    out
+}
+
+/// The records of `metrics.jsonl` up to `step` (a resumed run rewrites the rest).
+fn read_records(path: &Path, step: u64) -> Result<Vec<Record>, Error> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(Error::Write {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let record: Record = serde_json::from_str(line).map_err(|e| Error::Invalid {
+            path: path.to_owned(),
+            what: format!("line {}: {e}", i + 1),
+        })?;
+        if record.step <= step {
+            out.push(record);
+        }
+    }
+    Ok(out)
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    retrain_stage::write_atomic(path, bytes).map_err(|source| Error::Write {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn diff(a: &serde_json::Value, b: &serde_json::Value) -> String {
+    match (a.as_object(), b.as_object()) {
+        (Some(a), Some(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            keys.into_iter()
+                .filter(|k| a.get(*k) != b.get(*k))
+                .map(|k| {
+                    format!(
+                        "{k}: checkpoint {}, now {}",
+                        a.get(k).unwrap_or(&serde_json::Value::Null),
+                        b.get(k).unwrap_or(&serde_json::Value::Null)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        }
+        _ => "unreadable settings".into(),
+    }
+}
+
+/// `2026-11-29 10:45:12.123456`, UTC (the recipe prints `datetime.now()`).
+pub fn now_utc() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:06}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        now.subsec_micros()
+    )
+}
+
+/// Howard Hinnant's days-to-civil algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_786), (2026, 11, 29));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn streams_differ() {
+        assert_ne!(stream(0, DROPOUT, 1), stream(0, DROPOUT, 2));
+        assert_ne!(stream(0, DROPOUT, 1), stream(0, HEAD_SHUFFLE, 1));
+        assert_eq!(stream(5, DROPOUT, 9), stream(5, DROPOUT, 9));
+    }
+}
