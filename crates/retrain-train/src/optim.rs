@@ -222,6 +222,24 @@ impl Optimizer {
     /// One update with learning rate `lr`. Vars without a gradient in `grads` are left alone (their
     /// state too).
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> candle_core::Result<()> {
+        self.update(|slot| grads.get(slot.var.as_tensor()).cloned(), lr)
+    }
+
+    /// [`Optimizer::step`] with gradients by var name (computed without autograd, as the
+    /// classifier of head training is).
+    pub fn step_named(
+        &mut self,
+        grads: &BTreeMap<String, Tensor>,
+        lr: f64,
+    ) -> candle_core::Result<()> {
+        self.update(|slot| grads.get(&slot.name).cloned(), lr)
+    }
+
+    fn update(
+        &mut self,
+        grad_of: impl Fn(&Slot) -> Option<Tensor>,
+        lr: f64,
+    ) -> candle_core::Result<()> {
         if !(lr >= 0.0 && lr.is_finite()) {
             return Err(candle_core::Error::Msg(format!(
                 "optimizer: invalid learning rate {lr}"
@@ -229,7 +247,7 @@ impl Optimizer {
         }
         self.steps += 1;
         for slot in &mut self.slots {
-            let Some(grad) = grads.get(slot.var.as_tensor()) else {
+            let Some(grad) = grad_of(slot) else {
                 continue;
             };
             let w = slot.var.as_tensor();

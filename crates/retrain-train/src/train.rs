@@ -3,6 +3,7 @@
 //! logits, label smoothing, weight decay, batch norm in training mode).
 
 use std::{
+    collections::BTreeMap,
     io::Write as _,
     path::{Path, PathBuf},
     sync::{
@@ -137,7 +138,12 @@ impl Config {
             aux_weight: 0.4,
             weight_decay: 4e-5,
             bn_decay: 0.9997,
-            dropout: 0.2,
+            // retrain.py trains a plain softmax layer on the bottlenecks; the TF recipe keeps
+            // 80 % before the logits.
+            dropout: match trainable {
+                Trainable::Head => 0.0,
+                Trainable::All => 0.2,
+            },
             seed: 0,
             threads: 0,
             shuffle_buffer: 10_000,
@@ -330,7 +336,90 @@ pub fn run(
     // never taken for a finished one.
     Manifest::remove(run_dir)?;
 
-    let vars = trainable_vars(&model, cfg.trainable);
+    let source = match cfg.trainable {
+        Trainable::Head => {
+            let cache = Extract {
+                cache_dir: cfg.cache_dir.clone(),
+                size: cfg.size,
+                batch_size: cfg.extract_batch,
+                threads: cfg.threads,
+            };
+            let bottlenecks = bottleneck::compute_or_load(&model, dataset.clone(), &cache, rep)?;
+            Source::Head(HeadData::new(bottlenecks, &device).map_err(compute(0))?)
+        }
+        Trainable::All => Source::Images(dataset.clone()),
+    };
+    let outcome = fit(cfg, &model, &source, &dataset.class_names, cancel, rep)?;
+    let Fitted::Finished {
+        steps,
+        loss,
+        checkpoint: last,
+        ..
+    } = outcome
+    else {
+        let Fitted::Interrupted { steps, checkpoint } = outcome else {
+            unreachable!()
+        };
+        return Ok((Outcome::Interrupted { steps, checkpoint }, None));
+    };
+    let mut manifest = Manifest::new(STAGE, env!("CARGO_PKG_VERSION"));
+    for (flag, value) in manifest_params(cfg) {
+        manifest.param(&flag, value);
+    }
+    manifest.input("tfrecords", &cfg.tfrecords)?;
+    if let Init::Weights(path) = &cfg.init {
+        manifest.input("weights", path)?;
+    }
+    let last_name = format!(
+        "{}/{}",
+        files::CHECKPOINTS,
+        last.file_name().expect("a file").to_string_lossy()
+    );
+    for out in [
+        files::MODEL,
+        files::MODEL_CARD,
+        files::LABELS,
+        files::METRICS,
+        files::LOSS_PNG,
+        files::CONFIG,
+        last_name.as_str(),
+    ] {
+        manifest.output(run_dir, out)?;
+    }
+    manifest.write(run_dir)?;
+    Ok((Outcome::Finished { steps, loss }, Some(manifest)))
+}
+
+/// How [`fit`] ended.
+enum Fitted {
+    Finished {
+        steps: u64,
+        loss: f32,
+        checkpoint: PathBuf,
+        /// Seconds from the end of the first step of this process to the end of the last.
+        steady_secs: f64,
+        steady_steps: u64,
+    },
+    Interrupted {
+        steps: u64,
+        checkpoint: PathBuf,
+    },
+}
+
+/// The training loop over `source`, from a checkpoint with `--resume`; then the exports
+/// (model, labels, model card, loss curve), all but the manifest.
+fn fit(
+    cfg: &Config,
+    model: &Model,
+    source: &Source,
+    class_names: &[String],
+    cancel: &AtomicBool,
+    rep: &dyn Reporter,
+) -> Result<Fitted, Error> {
+    let run_dir = &cfg.run;
+    let device = model.device().clone();
+    let n_classes = class_names.len();
+    let vars = trainable_vars(model, cfg.trainable);
     let mut optimizer = Optimizer::new(cfg.optimizer, vars.clone()).map_err(compute(0))?;
     let mut state = State::default();
     let mut records = Vec::new();
@@ -369,20 +458,7 @@ pub fn run(
         &serde_json::to_vec_pretty(cfg).expect("serialisable"),
     )?;
 
-    let source = match cfg.trainable {
-        Trainable::Head => {
-            let cache = Extract {
-                cache_dir: cfg.cache_dir.clone(),
-                size: cfg.size,
-                batch_size: cfg.extract_batch,
-                threads: cfg.threads,
-            };
-            let bottlenecks = bottleneck::compute_or_load(&model, dataset.clone(), &cache, rep)?;
-            Source::Head(HeadData::new(bottlenecks, &device).map_err(compute(0))?)
-        }
-        Trainable::All => Source::Images(dataset.clone()),
-    };
-    let n = dataset.len();
+    let n = source.len();
     let per_epoch = (n / cfg.batch_size) as u64;
     if per_epoch == 0 {
         return Err(Error::Config(format!(
@@ -421,6 +497,18 @@ pub fn run(
         .filter(|(name, _)| loss::decays(name))
         .map(|(_, v)| v.as_tensor().clone())
         .collect();
+    let head = match source {
+        Source::Head(_) => {
+            let find = |name: &str| {
+                vars.iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.as_tensor().clone())
+                    .ok_or_else(|| Error::Config(format!("the model has no {name}")))
+            };
+            Some((find("fc.weight")?, find("fc.bias")?))
+        }
+        Source::Images(_) => None,
+    };
     let l2_weight = match cfg.optimizer {
         OptimizerKind::Adamw { .. } => 0.0,
         _ => cfg.weight_decay,
@@ -430,6 +518,7 @@ pub fn run(
     let mut last_loss = f32::NAN;
     let mut window = Instant::now();
     let mut window_steps = 0u64;
+    let mut steady_start: Option<(Instant, u64)> = None;
     'epochs: while state.step < total {
         let batches = source.epoch(cfg, state.epoch, state.batch_in_epoch as usize);
         let mut batches = batches;
@@ -437,7 +526,7 @@ pub fn run(
             if state.step >= total {
                 break 'epochs;
             }
-            let Some(batch) = batches.next(cfg)? else {
+            let Some(batch) = batches.next(cfg, &device)? else {
                 break;
             };
             let step = state.step;
@@ -446,44 +535,78 @@ pub fn run(
                 .net()
                 .dropout()
                 .reseed(stream(cfg.seed, DROPOUT, step));
-            let (logits, aux_logits) = match &batch.input {
-                Input::Features(f) => (model.net().head(f, true).map_err(compute(step))?, None),
-                Input::Images(xs) => model
-                    .net()
-                    .forward_with_aux(xs, true)
-                    .map_err(compute(step))?,
+            let not_finite = |loss: f32| Error::NotFinite {
+                step: step + 1,
+                loss,
+                lr,
             };
-            let labels = Tensor::from_slice(&batch.labels, batch.labels.len(), &device)
-                .map_err(compute(step))?;
-            let mut total_loss = loss::cross_entropy(&logits, &labels, cfg.label_smoothing)
-                .map_err(compute(step))?;
-            if let Some(aux_logits) = &aux_logits {
-                let aux_loss = loss::cross_entropy(aux_logits, &labels, cfg.label_smoothing)
+            let (logits, loss_value) = match &batch.input {
+                Input::Features(f) => {
+                    // The classifier alone: its gradients in closed form, no autograd graph.
+                    let (w, b) = head.as_ref().expect("head training has fc vars");
+                    let step_seed = stream(cfg.seed, DROPOUT, step);
+                    let (logits, loss_value, grads) = head_gradients(
+                        f,
+                        &batch.labels,
+                        (w, b),
+                        cfg.label_smoothing,
+                        l2_weight,
+                        cfg.dropout,
+                        step_seed,
+                    )
                     .map_err(compute(step))?;
-                total_loss = (total_loss + (aux_loss * cfg.aux_weight).map_err(compute(step))?)
-                    .map_err(compute(step))?;
-            }
-            if let Some(l2) = loss::l2_penalty(&decayed, l2_weight).map_err(compute(step))? {
-                total_loss = (total_loss + l2).map_err(compute(step))?;
-            }
-            let loss_value = total_loss
-                .to_dtype(DType::F32)
-                .and_then(|l| l.to_scalar::<f32>())
-                .map_err(compute(step))?;
-            if !loss_value.is_finite() {
-                return Err(Error::NotFinite {
-                    step: step + 1,
-                    loss: loss_value,
-                    lr,
-                });
-            }
-            let grads = total_loss.backward().map_err(compute(step))?;
-            optimizer.step(&grads, lr).map_err(compute(step))?;
+                    if !loss_value.is_finite() {
+                        return Err(not_finite(loss_value));
+                    }
+                    optimizer.step_named(&grads, lr).map_err(compute(step))?;
+                    (logits, loss_value)
+                }
+                Input::Images(xs) => {
+                    model
+                        .net()
+                        .dropout()
+                        .reseed(stream(cfg.seed, DROPOUT, step));
+                    let (logits, aux_logits) = model
+                        .net()
+                        .forward_with_aux(xs, true)
+                        .map_err(compute(step))?;
+                    let labels = Tensor::from_slice(&batch.labels, batch.labels.len(), &device)
+                        .map_err(compute(step))?;
+                    let mut total_loss = loss::cross_entropy(&logits, &labels, cfg.label_smoothing)
+                        .map_err(compute(step))?;
+                    if let Some(aux_logits) = &aux_logits {
+                        let aux_loss =
+                            loss::cross_entropy(aux_logits, &labels, cfg.label_smoothing)
+                                .map_err(compute(step))?;
+                        total_loss = (total_loss
+                            + (aux_loss * cfg.aux_weight).map_err(compute(step))?)
+                        .map_err(compute(step))?;
+                    }
+                    if let Some(l2) =
+                        loss::l2_penalty(&decayed, l2_weight).map_err(compute(step))?
+                    {
+                        total_loss = (total_loss + l2).map_err(compute(step))?;
+                    }
+                    let loss_value = total_loss
+                        .to_dtype(DType::F32)
+                        .and_then(|l| l.to_scalar::<f32>())
+                        .map_err(compute(step))?;
+                    if !loss_value.is_finite() {
+                        return Err(not_finite(loss_value));
+                    }
+                    let grads = total_loss.backward().map_err(compute(step))?;
+                    optimizer.step(&grads, lr).map_err(compute(step))?;
+                    (logits, loss_value)
+                }
+            };
             state.step += 1;
             state.batch_in_epoch += 1;
             last_loss = loss_value;
             window_steps += 1;
             rep.advance(1);
+            if steady_start.is_none() {
+                steady_start = Some((Instant::now(), state.step));
+            }
 
             if state.step % cfg.log_every == 0 || state.step == total {
                 let accuracy = batch_accuracy(&logits, &batch.labels).map_err(compute(step))?;
@@ -537,18 +660,15 @@ pub fn run(
             }
             let periodic = cfg.checkpoint_every > 0 && state.step % cfg.checkpoint_every == 0;
             if periodic || interrupted {
-                let path = save_checkpoint(cfg, &model, &optimizer, &state)?;
+                let path = save_checkpoint(cfg, model, &optimizer, &state)?;
                 plot_losses(cfg, &records)?;
                 if interrupted {
                     rep.finish();
                     tracing::info!(checkpoint = %path.display(), "interrupted at step {}", state.step);
-                    return Ok((
-                        Outcome::Interrupted {
-                            steps: state.step,
-                            checkpoint: path,
-                        },
-                        None,
-                    ));
+                    return Ok(Fitted::Interrupted {
+                        steps: state.step,
+                        checkpoint: path,
+                    });
                 }
             }
             if state.batch_in_epoch == 0 {
@@ -561,19 +681,16 @@ pub fn run(
         state.batch_in_epoch = 0;
     }
     rep.finish();
+    let export_start = Instant::now();
     events.close().map_err(|e| Error::Invalid {
         path: run_dir.join(files::TRAIN_EVENTS),
         what: e.to_string(),
     })?;
-    let last = save_checkpoint(cfg, &model, &optimizer, &state)?;
+    let last = save_checkpoint(cfg, model, &optimizer, &state)?;
     checkpoint::prune(&run_dir.join(files::CHECKPOINTS), 1)?;
     plot_losses(cfg, &records)?;
     model.save(&run_dir.join(files::MODEL))?;
-    let labels_txt: String = dataset
-        .class_names
-        .iter()
-        .map(|c| format!("{c}\n"))
-        .collect();
+    let labels_txt: String = class_names.iter().map(|c| format!("{c}\n")).collect();
     write_file(&run_dir.join(files::LABELS), labels_txt.as_bytes())?;
     let card = ModelCard {
         size: cfg.size,
@@ -593,38 +710,170 @@ pub fn run(
         &run_dir.join(files::MODEL_CARD),
         &serde_json::to_vec_pretty(&card).expect("serialisable"),
     )?;
-    let mut manifest = Manifest::new(STAGE, env!("CARGO_PKG_VERSION"));
-    for (flag, value) in manifest_params(cfg) {
-        manifest.param(&flag, value);
+    let export_secs = export_start.elapsed().as_secs_f64();
+    Ok(Fitted::Finished {
+        steps: state.step,
+        loss: last_loss,
+        checkpoint: last,
+        steady_secs: steady_start.map_or(0.0, |(t, _)| t.elapsed().as_secs_f64() - export_secs),
+        steady_steps: steady_start.map_or(0, |(_, s)| state.step - s),
+    })
+}
+
+/// Softmax cross-entropy with label smoothing (as [`loss::cross_entropy`]) plus slim's L2 on
+/// `w`, for the classifier `x·wᵀ + b` alone, with its gradients in closed form:
+/// `dz = (softmax(z) − q)/B`, `dw = dzᵀ·x + l2·w`, `db = Σ dz`. With dropout, `x` is masked
+/// (and scaled by 1/(1 − p)) from a ChaCha8 stream seeded with `seed`. Returns the logits, the
+/// loss and the gradients by name.
+fn head_gradients(
+    x: &Tensor,
+    labels: &[u32],
+    (w, b): (&Tensor, &Tensor),
+    smoothing: f64,
+    l2: f64,
+    dropout: f32,
+    seed: u64,
+) -> candle_core::Result<(Tensor, f32, BTreeMap<String, Tensor>)> {
+    use rand::Rng as _;
+    let (n, features) = x.dims2()?;
+    let x = if dropout > 0.0 {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let keep = 1.0 / (1.0 - dropout);
+        let mask: Vec<f32> = (0..n * features)
+            .map(|_| {
+                if rng.random::<f32>() < dropout {
+                    0.0
+                } else {
+                    keep
+                }
+            })
+            .collect();
+        (x * Tensor::from_vec(mask, (n, features), x.device())?.to_dtype(x.dtype())?)?
+    } else {
+        x.clone()
+    };
+    let z = x.matmul(&w.t()?)?.broadcast_add(b)?;
+    let zv = z.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+    let k = zv.first().map_or(0, Vec::len);
+    let mut dz = Vec::with_capacity(n * k);
+    let mut total = 0.0f64;
+    for (row, &label) in zv.iter().zip(labels) {
+        let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+        for (c, v) in row.iter().enumerate() {
+            let target = smoothing / k as f64
+                + if c == label as usize {
+                    1.0 - smoothing
+                } else {
+                    0.0
+                };
+            total -= target * (v - lse);
+            dz.push(((v - lse).exp() - target) / n as f64);
+        }
     }
-    manifest.input("tfrecords", &cfg.tfrecords)?;
-    if let Init::Weights(path) = &cfg.init {
-        manifest.input("weights", path)?;
+    let mut loss = total / n as f64;
+    let dz = Tensor::from_vec(dz, (n, k), x.device())?.to_dtype(w.dtype())?;
+    let mut dw = dz.t()?.matmul(&x)?;
+    if l2 > 0.0 {
+        loss += l2 / 2.0
+            * w.to_dtype(DType::F64)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f64>()?;
+        dw = (dw + w.affine(l2, 0.0)?)?;
     }
-    let last_name = format!(
-        "{}/{}",
-        files::CHECKPOINTS,
-        last.file_name().expect("a file").to_string_lossy()
-    );
-    for out in [
-        files::MODEL,
-        files::MODEL_CARD,
-        files::LABELS,
-        files::METRICS,
-        files::LOSS_PNG,
-        files::CONFIG,
-        last_name.as_str(),
-    ] {
-        manifest.output(run_dir, out)?;
+    let db = dz.sum(0)?;
+    let grads = BTreeMap::from([("fc.weight".to_owned(), dw), ("fc.bias".to_owned(), db)]);
+    Ok((z, loss as f32, grads))
+}
+
+/// Head training on `n` random 2048-d bottlenecks of `n_classes` classes (class-dependent means,
+/// so it learns), as `--trainable head` runs it: returns (steady-state seconds, steps timed).
+/// For `retrain-train-bench`.
+pub fn bench_head(cfg: &Config, n: usize, n_classes: usize) -> Result<(f64, u64), Error> {
+    use rand::Rng as _;
+    let device = retrain_inception::device(&cfg.device)?;
+    let net_cfg = retrain_inception::Config {
+        num_classes: n_classes,
+        aux_logits: false,
+        dropout: cfg.dropout,
+        bn_momentum: 1.0 - cfg.bn_decay,
+    };
+    let model = Model::new(&net_cfg, cfg.seed, &device)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let centres: Vec<f32> = (0..n_classes * FEATURES)
+        .map(|_| rng.random::<f32>())
+        .collect();
+    let mut b = Bottlenecks {
+        features: Vec::with_capacity(n * FEATURES),
+        labels: Vec::with_capacity(n),
+    };
+    for i in 0..n {
+        let label = i % n_classes;
+        b.labels.push(label as u32);
+        let centre = &centres[label * FEATURES..(label + 1) * FEATURES];
+        b.features
+            .extend(centre.iter().map(|c| c + rng.random::<f32>() * 2.0));
     }
-    manifest.write(run_dir)?;
-    Ok((
-        Outcome::Finished {
-            steps: state.step,
-            loss: last_loss,
-        },
-        Some(manifest),
-    ))
+    std::fs::create_dir_all(cfg.run.join(files::CHECKPOINTS)).map_err(|source| Error::Write {
+        path: cfg.run.clone(),
+        source,
+    })?;
+    let source = Source::Head(HeadData::new(b, &device).map_err(compute(0))?);
+    let names: Vec<String> = (0..n_classes).map(|c| format!("class{c}")).collect();
+    match fit(
+        cfg,
+        &model,
+        &source,
+        &names,
+        &AtomicBool::new(false),
+        &retrain_stage::NoProgress,
+    )? {
+        Fitted::Finished {
+            steady_secs,
+            steady_steps,
+            ..
+        } => Ok((steady_secs, steady_steps)),
+        Fitted::Interrupted { .. } => Err(Error::Config("interrupted".into())),
+    }
+}
+
+/// Full training (`--trainable all`) on the shards of `cfg.tfrecords`, for `cfg.max_steps`:
+/// returns (steady-state seconds, steps timed), the first step (warm-up) excluded.
+pub fn bench_full(cfg: &Config) -> Result<(f64, u64), Error> {
+    let device = retrain_inception::device(&cfg.device)?;
+    let dataset = Arc::new(Dataset::open(
+        &cfg.tfrecords,
+        Split::Train,
+        cfg.labels.as_deref(),
+    )?);
+    let net_cfg = retrain_inception::Config {
+        num_classes: dataset.n_classes(),
+        aux_logits: cfg.size >= MIN_AUX_INPUT,
+        dropout: cfg.dropout,
+        bn_momentum: 1.0 - cfg.bn_decay,
+    };
+    let model = Model::new(&net_cfg, cfg.seed, &device)?;
+    std::fs::create_dir_all(cfg.run.join(files::CHECKPOINTS)).map_err(|source| Error::Write {
+        path: cfg.run.clone(),
+        source,
+    })?;
+    let source = Source::Images(dataset.clone());
+    match fit(
+        cfg,
+        &model,
+        &source,
+        &dataset.class_names,
+        &AtomicBool::new(false),
+        &retrain_stage::NoProgress,
+    )? {
+        Fitted::Finished {
+            steady_secs,
+            steady_steps,
+            ..
+        } => Ok((steady_secs, steady_steps)),
+        Fitted::Interrupted { .. } => Err(Error::Config("interrupted".into())),
+    }
 }
 
 /// Sets the batch-norm statistics of a freshly initialised model from data: the statistics of
@@ -788,17 +1037,17 @@ struct StepBatch {
     labels: Vec<u32>,
 }
 
-/// The in-memory bottlenecks of head training.
+/// The in-memory bottlenecks of head training, on the CPU: each batch's rows are gathered there
+/// and sent to the device (candle's `index_select` over the whole table is far slower).
 struct HeadData {
-    features: Tensor,
+    features: Vec<f32>,
     labels: Vec<u32>,
 }
 
 impl HeadData {
-    fn new(b: Bottlenecks, device: &Device) -> candle_core::Result<Self> {
-        let n = b.len();
+    fn new(b: Bottlenecks, _device: &Device) -> candle_core::Result<Self> {
         Ok(Self {
-            features: Tensor::from_vec(b.features, (n, FEATURES), device)?,
+            features: b.features,
             labels: b.labels,
         })
     }
@@ -819,6 +1068,13 @@ enum Batches<'a> {
 }
 
 impl Source {
+    fn len(&self) -> usize {
+        match self {
+            Source::Head(data) => data.labels.len(),
+            Source::Images(dataset) => dataset.len(),
+        }
+    }
+
     fn epoch(&self, cfg: &Config, epoch: u64, start_batch: usize) -> Batches<'_> {
         match self {
             Source::Head(data) => {
@@ -856,7 +1112,7 @@ impl Source {
 }
 
 impl Batches<'_> {
-    fn next(&mut self, cfg: &Config) -> Result<Option<StepBatch>, Error> {
+    fn next(&mut self, cfg: &Config, device: &Device) -> Result<Option<StepBatch>, Error> {
         match self {
             Batches::Head { data, order, next } => {
                 let start = *next * cfg.batch_size;
@@ -866,9 +1122,13 @@ impl Batches<'_> {
                 }
                 *next += 1;
                 let idx = &order[start..end];
-                let device = data.features.device();
-                let ids = Tensor::from_slice(idx, idx.len(), device).map_err(compute(0))?;
-                let features = data.features.index_select(&ids, 0).map_err(compute(0))?;
+                let mut rows = Vec::with_capacity(idx.len() * FEATURES);
+                for &i in idx {
+                    let i = i as usize;
+                    rows.extend_from_slice(&data.features[i * FEATURES..(i + 1) * FEATURES]);
+                }
+                let features =
+                    Tensor::from_vec(rows, (idx.len(), FEATURES), device).map_err(compute(0))?;
                 let labels = idx.iter().map(|&i| data.labels[i as usize]).collect();
                 Ok(Some(StepBatch {
                     input: Input::Features(features),
@@ -880,8 +1140,7 @@ impl Batches<'_> {
                     return Ok(None);
                 };
                 let batch = batch?;
-                let device = retrain_inception::device(&cfg.device)?;
-                let xs = batch.tensor(cfg.size, &device).map_err(compute(0))?;
+                let xs = batch.tensor(cfg.size, device).map_err(compute(0))?;
                 Ok(Some(StepBatch {
                     input: Input::Images(xs),
                     labels: batch.labels,
@@ -1032,6 +1291,60 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn closed_form_head_gradients_equal_autograd() {
+        use candle_core::Var;
+        let dev = Device::Cpu;
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut r = |n: usize| -> Vec<f64> {
+            use rand::Rng as _;
+            (0..n).map(|_| rng.random::<f64>() * 2.0 - 1.0).collect()
+        };
+        let x = Tensor::from_vec(r(4 * 6), (4, 6), &dev).unwrap();
+        let w = Var::from_tensor(&Tensor::from_vec(r(3 * 6), (3, 6), &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::from_vec(r(3), 3, &dev).unwrap()).unwrap();
+        let labels = [0u32, 2, 1, 2];
+        let (z, loss, grads) = head_gradients(
+            &x,
+            &labels,
+            (w.as_tensor(), b.as_tensor()),
+            0.1,
+            0.01,
+            0.0,
+            0,
+        )
+        .unwrap();
+        // The same loss through candle's autograd.
+        let logits = x
+            .matmul(&w.as_tensor().t().unwrap())
+            .unwrap()
+            .broadcast_add(b.as_tensor())
+            .unwrap();
+        let ys = Tensor::new(&labels, &dev).unwrap();
+        let l = (loss::cross_entropy(&logits, &ys, 0.1).unwrap()
+            + loss::l2_penalty(&[w.as_tensor().clone()], 0.01)
+                .unwrap()
+                .unwrap())
+        .unwrap();
+        assert!((l.to_scalar::<f64>().unwrap() as f32 - loss).abs() < 1e-6);
+        let g = l.backward().unwrap();
+        let diff = |a: &Tensor, b: &Tensor| {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        assert!(diff(&z, &logits) < 1e-12);
+        assert!(diff(&grads["fc.weight"], g.get(w.as_tensor()).unwrap()) < 1e-9);
+        assert!(diff(&grads["fc.bias"], g.get(b.as_tensor()).unwrap()) < 1e-9);
+    }
 
     #[test]
     fn civil_dates() {

@@ -83,9 +83,10 @@ struct Args {
     /// Batch-norm moving-average decay (TF convention).
     #[arg(long, default_value_t = 0.9997)]
     bn_decay: f64,
-    /// Dropout probability before fc.
-    #[arg(long, default_value_t = 0.2)]
-    dropout: f32,
+    /// Dropout probability before fc [default: 0 for head (retrain.py), 0.2 for all (the TF
+    /// recipe keeps 80 %)].
+    #[arg(long)]
+    dropout: Option<f32>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Decoding threads; 0 uses every core. Results do not depend on it.
@@ -175,7 +176,9 @@ fn run(args: &Args, cancel: &AtomicBool) -> anyhow::Result<Outcome> {
     cfg.aux_weight = args.aux_weight;
     cfg.weight_decay = args.weight_decay;
     cfg.bn_decay = args.bn_decay;
-    cfg.dropout = args.dropout;
+    if let Some(p) = args.dropout {
+        cfg.dropout = p;
+    }
     cfg.seed = args.seed;
     cfg.threads = args.threads;
     cfg.shuffle_buffer = args.shuffle_buffer;
