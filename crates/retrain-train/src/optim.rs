@@ -148,6 +148,80 @@ impl OptimizerKind {
     }
 }
 
+/// Vars of at most this many f32 values on the CPU (a classifier) are updated in plain loops on
+/// one thread: for tensors this small, candle's per-op dispatch and thread hand-offs cost far
+/// more than the arithmetic. Same formulas, computed in f64 per element and rounded once (the
+/// tensor path rounds after each op, so the two agree to f32 rounding; a test pins that).
+const SMALL: usize = 1 << 20;
+
+/// One update of a small CPU f32 var (see [`SMALL`]).
+fn update_small(
+    kind: OptimizerKind,
+    slot: &mut Slot,
+    grad: &Tensor,
+    lr: f64,
+) -> candle_core::Result<()> {
+    let shape = slot.var.as_tensor().shape().clone();
+    let device = Device::Cpu;
+    let mut w = slot.var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+    let g = grad.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let mut first = slot.first.flatten_all()?.to_vec1::<f32>()?;
+    let mut second = match &slot.second {
+        Some(t) => Some(t.flatten_all()?.to_vec1::<f32>()?),
+        None => None,
+    };
+    match kind {
+        OptimizerKind::Rmsprop {
+            decay,
+            momentum,
+            eps,
+        } => {
+            let mom = second.as_mut().expect("rmsprop keeps mom");
+            for i in 0..w.len() {
+                let gi = f64::from(g[i]);
+                let ms = decay * f64::from(first[i]) + (1.0 - decay) * gi * gi;
+                let m = momentum * f64::from(mom[i]) + lr * gi / (ms + eps).sqrt();
+                first[i] = ms as f32;
+                mom[i] = m as f32;
+                w[i] = (f64::from(w[i]) - m) as f32;
+            }
+        }
+        OptimizerKind::Sgd { momentum } => {
+            for i in 0..w.len() {
+                let buf = momentum * f64::from(first[i]) + f64::from(g[i]);
+                first[i] = buf as f32;
+                w[i] = (f64::from(w[i]) - lr * buf) as f32;
+            }
+        }
+        OptimizerKind::Adamw {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } => {
+            let t = i32::try_from(slot.updates + 1).unwrap_or(i32::MAX);
+            let bias1 = 1.0 - beta1.powi(t);
+            let bias2 = 1.0 - beta2.powi(t);
+            let v = second.as_mut().expect("adamw keeps v");
+            for i in 0..w.len() {
+                let gi = f64::from(g[i]);
+                let m = beta1 * f64::from(first[i]) + (1.0 - beta1) * gi;
+                let vi = beta2 * f64::from(v[i]) + (1.0 - beta2) * gi * gi;
+                let denom = vi.sqrt() / bias2.sqrt() + eps;
+                first[i] = m as f32;
+                v[i] = vi as f32;
+                w[i] =
+                    (f64::from(w[i]) * (1.0 - lr * weight_decay) - lr / bias1 * m / denom) as f32;
+            }
+        }
+    }
+    slot.first = Tensor::from_vec(first, &shape, &device)?;
+    if let Some(second) = second {
+        slot.second = Some(Tensor::from_vec(second, &shape, &device)?);
+    }
+    slot.var.set(&Tensor::from_vec(w, &shape, &device)?)
+}
+
 /// The scalar state tensor holding the number of [`Optimizer::step`] calls.
 const STEPS_KEY: &str = "optimizer.steps";
 
@@ -251,6 +325,11 @@ impl Optimizer {
                 continue;
             };
             let w = slot.var.as_tensor();
+            if w.device().is_cpu() && w.dtype() == DType::F32 && w.elem_count() <= SMALL {
+                update_small(self.kind, slot, &grad, lr)?;
+                slot.updates += 1;
+                continue;
+            }
             let g = grad.to_dtype(w.dtype())?.detach();
             let next_w = match self.kind {
                 OptimizerKind::Rmsprop {

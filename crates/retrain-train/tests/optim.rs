@@ -465,3 +465,35 @@ fn schedule_drops_by_the_factor_every_30_epochs() {
     };
     assert_eq!(never.at(1_000_000, 32, 50_000), 0.001);
 }
+
+/// Small f32 vars on the CPU take the plain-loop path; f64 vars the tensor path. Three updates
+/// of each kind agree to f32 rounding.
+#[test]
+fn the_small_var_path_agrees_with_the_tensor_path() -> Result<()> {
+    let w0 = [0.5, -1.25, 2.0, 0.0, -0.75];
+    let gs = [
+        [0.1, -0.2, 0.3, 0.05, -0.5],
+        [-0.3, 0.4, 0.1, -0.05, 0.2],
+        [0.2, 0.2, -0.4, 0.3, 0.1],
+    ];
+    for kind in [
+        OptimizerKind::rmsprop(),
+        OptimizerKind::parse("sgd")?,
+        OptimizerKind::parse("adamw")?,
+    ] {
+        let small = var(&w0, DType::F32)?;
+        let exact = var(&w0, DType::F64)?;
+        let mut o_small = optimizer(kind, &small)?;
+        let mut o_exact = optimizer(kind, &exact)?;
+        for g in &gs {
+            o_small.step(&grads_for(&small, g)?, 0.1)?;
+            o_exact.step(&grads_for(&exact, g)?, 0.1)?;
+        }
+        assert_close(
+            &values(small.as_tensor())?,
+            &values(exact.as_tensor())?,
+            1e-6,
+        );
+    }
+    Ok(())
+}
