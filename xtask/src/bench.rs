@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: our stages against the reference recipe's tools, side by side, on the
-//! full-size synthetic archive served from 127.0.0.1.
+//! full-size synthetic archive served from 127.0.0.1, and the training stage's throughput.
 //!
 //! Download: `retrain-fetch` (streamed, hashed, verified) against Python's
 //! `urllib.request.urlretrieve` (what the recipe used) and `curl`. Extraction: `retrain-extract`
@@ -32,8 +32,10 @@ pub(crate) struct BenchArgs {
     /// folders, against the reference recipe's Python preparation) or `inception` (Inception-v3
     /// forward and training images/s on the CPU, against PyTorch from target/torch-venv where
     /// installed) or `tfrecord` (image folders to TFRecord shards, against TensorFlow's
-    /// build_image_data.py work from target/tf-venv where installed).
-    #[arg(long, value_name = "GROUP", value_parser = ["stages", "sort", "inception", "tfrecord"])]
+    /// build_image_data.py work from target/tf-venv where installed) or `train` (the training
+    /// stage: head training on cached bottlenecks, bottleneck extraction and full training steps
+    /// at 75, 139 and 299 pixels, `--runs` times each).
+    #[arg(long, value_name = "GROUP", value_parser = ["stages", "sort", "inception", "tfrecord", "train"])]
     only: Option<String>,
     /// Batch of the Inception-v3 training-step case (about 7 GiB of memory at 32).
     #[arg(long, default_value_t = 32)]
@@ -61,6 +63,9 @@ pub(crate) fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     }
     if args.only.as_deref() == Some("tfrecord") {
         return tfrecord(args);
+    }
+    if args.only.as_deref() == Some("train") {
+        return train(args);
     }
     let root = workspace_root();
     let work = args
@@ -246,6 +251,7 @@ pub(crate) fn bench(args: &BenchArgs) -> anyhow::Result<()> {
         sort(args)?;
         tfrecord(args)?;
         inception(args)?;
+        train(args)?;
     }
     Ok(())
 }
@@ -693,6 +699,226 @@ fn tfrecord(args: &BenchArgs) -> anyhow::Result<()> {
          subsamples chroma (4:2:0) and syncs nothing."
     )?;
     Ok(())
+}
+
+/// The cases of [`train`]: a label and the arguments of `retrain-train-bench`, the first being
+/// the subcommand. Sizes are chosen so that each run takes well under a minute on 2 cores and
+/// under 5 GiB; extraction batches divide the cache's 1024-image chunks.
+const TRAIN_CASES: [(&str, &str); 7] = [
+    (
+        "head: new fc on 50,000 cached 2048-d bottlenecks, batch 100, 10 epochs",
+        "head",
+    ),
+    (
+        "extract bottlenecks 75×75, batch 32, 512 images",
+        "extract --size 75 --batch-size 32 --images 512",
+    ),
+    (
+        "extract bottlenecks 139×139, batch 32, 256 images",
+        "extract --size 139 --batch-size 32 --images 256",
+    ),
+    (
+        "extract bottlenecks 299×299, batch 16, 48 images",
+        "extract --size 299 --batch-size 16 --images 48",
+    ),
+    (
+        "full training 75×75, batch 32, 3 steps",
+        "full --size 75 --batch-size 32 --steps 3",
+    ),
+    (
+        "full training 139×139, batch 32, 3 steps",
+        "full --size 139 --batch-size 32 --steps 3",
+    ),
+    (
+        "full training 299×299 (aux head), batch 8, 2 steps",
+        "full --size 299 --batch-size 8 --steps 2",
+    ),
+];
+
+/// Images in CIFAR-10's training set, for the estimates.
+const CIFAR10_TRAIN: f64 = 50_000.0;
+
+/// The training stage on the CPU, through `retrain-train-bench` (inputs it generates: random
+/// 2048-d bottlenecks, or class-dependent 32×32 JPEGs in a TFRecord shard; seeded weights):
+/// `head` trains a new `fc` on 50,000 cached bottlenecks for 10 epochs as `--trainable head` does
+/// (goal: under 5 s); `extract` computes bottlenecks (decode, evaluation crop, forward to the
+/// pool) at 75, 139 and 299 pixels; `full` takes training steps as `--trainable all` does
+/// (augmentation, forward with the aux head at 299, backward, RMSProp), the first step untimed.
+/// Each case runs `--runs` times in a fresh scratch folder (so no bottleneck cache is reused);
+/// the table gives the median of the binary's own timing (setup, shard writing and warm-up
+/// excluded) and the largest peak RSS, from GNU `/usr/bin/time` where there is one.
+fn train(args: &BenchArgs) -> anyhow::Result<()> {
+    let root = workspace_root();
+    let work = args
+        .workdir
+        .clone()
+        .unwrap_or_else(|| root.join("target/bench"))
+        .join("train");
+    let status = cargo()
+        .args(["build", "--quiet", "--release", "--locked"])
+        .args(["-p", "retrain-train", "--bin", "retrain-train-bench"])
+        .status()?;
+    if !status.success() {
+        bail!("building retrain-train-bench failed");
+    }
+    let bin = root.join("target/release/retrain-train-bench");
+    let gnu_time = Path::new("/usr/bin/time");
+    let scratch = work.join("scratch");
+    let rss_file = work.join("rss");
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+
+    struct Row {
+        label: &'static str,
+        kind: String,
+        seconds: f64,
+        /// Images (head: examples) per second.
+        rate: f64,
+        /// Head only: the measured seconds per 10 epochs.
+        ten_epochs: Option<f64>,
+        peak_kib: Option<u64>,
+    }
+    let mut rows = Vec::new();
+    for (label, case_args) in TRAIN_CASES {
+        let subcommand = case_args.split_whitespace().next().unwrap_or_default();
+        let mut runs: Vec<(f64, f64, Option<f64>)> = Vec::new();
+        let mut peak: Option<u64> = None;
+        let mut kind = String::new();
+        for _ in 0..args.runs {
+            remove(&scratch)?;
+            remove(&rss_file)?;
+            let mut cmd = if gnu_time.exists() {
+                let mut timed = Command::new(gnu_time);
+                timed.args(["-f", "%M", "-o"]).arg(&rss_file).arg(&bin);
+                timed
+            } else {
+                Command::new(&bin)
+            };
+            cmd.args(case_args.split_whitespace())
+                .arg("--work")
+                .arg(&scratch)
+                .env("RUST_LOG", "warn");
+            let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+            if !out.status.success() {
+                bail!(
+                    "{cmd:?} failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let text = String::from_utf8_lossy(&out.stdout);
+            let (line_kind, values) = parse_bench_line(&text, subcommand)
+                .with_context(|| format!("{cmd:?} printed no `{subcommand} …` line"))?;
+            kind = line_kind;
+            let get = |key: &str| -> anyhow::Result<f64> {
+                values
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .with_context(|| format!("{cmd:?}: no {key}= in its line"))?
+                    .1
+                    .parse::<f64>()
+                    .with_context(|| format!("{cmd:?}: {key}= is not a number"))
+            };
+            let seconds = get("seconds")?;
+            let (rate, ten_epochs) = match kind.as_str() {
+                "head" => (
+                    get("steps")? * get("batch")? / seconds,
+                    Some(get("seconds_per_10_epochs")?),
+                ),
+                _ => (get("images_per_sec")?, None),
+            };
+            if let Ok(text) = std::fs::read_to_string(&rss_file) {
+                let kib: u64 = text
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("{}: {text:?}", rss_file.display()))?;
+                peak = Some(peak.map_or(kib, |p| p.max(kib)));
+            }
+            eprintln!("bench: train / {label}: {seconds:.2} s, {rate:.2} images/s");
+            runs.push((seconds, rate, ten_epochs));
+        }
+        runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (seconds, rate, ten_epochs) = runs[runs.len() / 2];
+        rows.push(Row {
+            label,
+            kind,
+            seconds,
+            rate,
+            ten_epochs,
+            peak_kib: peak,
+        });
+    }
+    remove(&scratch)?;
+    remove(&rss_file)?;
+
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "\ntrain: the training stage on the CPU (f32, seeded weights, generated inputs), {} runs \
+         each, median time, largest peak RSS\n",
+        args.runs
+    )?;
+    writeln!(
+        out,
+        "| case | seconds | images/s | CIFAR-10 (50,000 training images) | peak MiB |"
+    )?;
+    writeln!(out, "|---|---:|---:|---|---:|")?;
+    for row in &rows {
+        let estimate = match (row.kind.as_str(), row.ten_epochs) {
+            ("head", Some(ten)) => format!("10 epochs: {ten:.2} s (goal < 5 s)"),
+            ("extract", _) => format!(
+                "bottleneck cache: {}",
+                duration_words(CIFAR10_TRAIN / row.rate)
+            ),
+            _ => format!("one epoch: {}", duration_words(CIFAR10_TRAIN / row.rate)),
+        };
+        let peak = row.peak_kib.map_or("–".to_owned(), |kib| {
+            format!("{:.0}", kib as f64 / 1024.0)
+        });
+        let rate = if row.kind == "head" {
+            format!("{:.0}", row.rate)
+        } else {
+            format!("{:.2}", row.rate)
+        };
+        writeln!(
+            out,
+            "| {} | {:.2} | {rate} | {estimate} | {peak} |",
+            row.label, row.seconds
+        )?;
+    }
+    writeln!(
+        out,
+        "\n`seconds`: the timed part of one run (head: every step but the first; extract: the \
+         whole extraction after a warm-up forward; full: every step but the first). `images/s` \
+         for head counts bottleneck rows. The CIFAR-10 column extrapolates the rate (head: \
+         measured). Peak RSS covers the whole process, generating its inputs included."
+    )?;
+    Ok(())
+}
+
+/// The `KIND key=value …` line of `retrain-train-bench` in `stdout`: the kind and the pairs.
+fn parse_bench_line(stdout: &str, kind: &str) -> Option<(String, Vec<(String, String)>)> {
+    stdout.lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        if words.next()? != kind {
+            return None;
+        }
+        let values = words
+            .filter_map(|w| w.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Some((kind.to_owned(), values))
+    })
+}
+
+/// `42 s`, `17 min`, `3.4 h`.
+fn duration_words(seconds: f64) -> String {
+    if seconds < 120.0 {
+        format!("{seconds:.0} s")
+    } else if seconds < 7200.0 {
+        format!("{:.0} min", seconds / 60.0)
+    } else {
+        format!("{:.1} h", seconds / 3600.0)
+    }
 }
 
 fn run_checked(cmd: &mut Command) -> anyhow::Result<()> {
