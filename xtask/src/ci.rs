@@ -86,6 +86,15 @@ pub(crate) fn ci(args: &CiArgs) -> anyhow::Result<()> {
             second.stages
         );
     }
+    if !args.no_interop {
+        step(
+            "interop: TensorBoard and Pillow read the demo run's events, metrics and pictures",
+            Command::new("bash")
+                .arg(root.join("scripts/check-run.sh"))
+                .arg(root.join("target/ci-demo/runs/demo"))
+                .current_dir(&root),
+        )?;
+    }
     eprintln!("ci: all checks passed");
     Ok(())
 }

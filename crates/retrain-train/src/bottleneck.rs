@@ -51,6 +51,8 @@ pub enum Error {
     Model(#[source] candle_core::Error),
     #[error("the extraction batch size {0} must divide {CHUNK}")]
     Batch(usize),
+    #[error("interrupted after {done} of {total} bottlenecks (the finished chunks are kept)")]
+    Interrupted { done: usize, total: usize },
 }
 
 impl From<crate::loader::Error> for Error {
@@ -129,10 +131,13 @@ pub struct Extract {
 }
 
 /// The bottlenecks of `dataset`, from the cache where present, computing (and caching) the rest.
+/// `cancel` set (by Ctrl-C) stops after the current batch with [`Error::Interrupted`]; the
+/// chunks written so far are kept, and the next call resumes after them.
 pub fn compute_or_load(
     model: &Model,
     dataset: Arc<Dataset>,
     cfg: &Extract,
+    cancel: &std::sync::atomic::AtomicBool,
     rep: &dyn Reporter,
 ) -> Result<Bottlenecks, Error> {
     if cfg.batch_size == 0 || !CHUNK.is_multiple_of(cfg.batch_size) {
@@ -193,6 +198,13 @@ pub fn compute_or_load(
         };
         let mut c = first_missing;
         for batch in loader {
+            if cancel.load(std::sync::atomic::Ordering::SeqCst) {
+                rep.finish();
+                return Err(Error::Interrupted {
+                    done: c * CHUNK,
+                    total: n,
+                });
+            }
             let batch = batch?;
             let xs = batch
                 .tensor(cfg.size, model.device())

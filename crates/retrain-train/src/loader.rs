@@ -68,7 +68,7 @@ pub struct LoaderConfig {
     pub seed: u64,
     pub order: Order,
     pub transform: Transform,
-    /// Worker threads; 0 means 1.
+    /// Worker threads; 0 means one per core.
     pub threads: usize,
     /// Drop the last batch if it is short.
     pub drop_last: bool,
@@ -354,7 +354,12 @@ impl Loader {
         }
         let (tx, rx) = mpsc::channel();
         loader.rx = Some(rx);
-        let threads = cfg.threads.max(1).min(end - first);
+        let threads = match cfg.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+        .min(end - first)
+        .max(1);
         for i in 0..threads {
             let shared = Arc::clone(&shared);
             let tx = tx.clone();

@@ -1,5 +1,6 @@
-//! Evaluation metrics: precision@1 and recall@5 as TF's `in_top_k`, per-class accuracy and the
-//! confusion matrix.
+//! Evaluation metrics: precision@1 and recall@5 (the label among the k highest scores, as TF's
+//! `in_top_k`, except that ties are broken towards the lower class index, as `tf.nn.top_k` does,
+//! instead of counting every tied class), per-class accuracy and the confusion matrix.
 
 use serde::Serialize;
 

@@ -232,6 +232,13 @@ impl From<crate::loader::Error> for Error {
     }
 }
 
+impl Error {
+    /// Whether the run stopped on request (Ctrl-C) before training began.
+    pub fn is_interrupted(&self) -> bool {
+        matches!(self, Error::Bottleneck(b) if matches!(**b, bottleneck::Error::Interrupted { .. }))
+    }
+}
+
 impl From<bottleneck::Error> for Error {
     fn from(e: bottleneck::Error) -> Self {
         Self::Bottleneck(Box::new(e))
@@ -315,6 +322,13 @@ pub fn run(
                 "pretrained weights; re-initialised for {n_classes} classes: {}",
                 report.reinitialised.join(", ")
             );
+            let fresh: Vec<&str> = report
+                .reinitialised
+                .iter()
+                .filter(|n| n.ends_with("fc.weight"))
+                .map(|n| n.trim_end_matches(".weight"))
+                .collect();
+            init_classifiers(&model, &fresh, cfg.seed).map_err(compute(0))?;
             model
         }
         Init::Seeded => {
@@ -324,6 +338,12 @@ pub fn run(
             );
             let model = Model::new(&net_cfg, cfg.seed, &device)?;
             calibrate_batch_norm(&model, &net_cfg, &dataset, cfg, &device)?;
+            let classifiers: &[&str] = if aux {
+                &["fc", "AuxLogits.fc"]
+            } else {
+                &["fc"]
+            };
+            init_classifiers(&model, classifiers, cfg.seed).map_err(compute(0))?;
             model
         }
     };
@@ -344,7 +364,8 @@ pub fn run(
                 batch_size: cfg.extract_batch,
                 threads: cfg.threads,
             };
-            let bottlenecks = bottleneck::compute_or_load(&model, dataset.clone(), &cache, rep)?;
+            let bottlenecks =
+                bottleneck::compute_or_load(&model, dataset.clone(), &cache, cancel, rep)?;
             Source::Head(HeadData::new(bottlenecks, &device).map_err(compute(0))?)
         }
         Trainable::All => Source::Images(dataset.clone()),
@@ -419,6 +440,11 @@ fn fit(
     let run_dir = &cfg.run;
     let device = model.device().clone();
     let n_classes = class_names.len();
+    if !cfg.resume {
+        // A fresh run into a used directory: an older run's checkpoints and events would be
+        // taken for this one's.
+        clear_run(run_dir)?;
+    }
     let vars = trainable_vars(model, cfg.trainable);
     let mut optimizer = Optimizer::new(cfg.optimizer, vars.clone()).map_err(compute(0))?;
     let mut state = State::default();
@@ -453,10 +479,7 @@ fn fit(
         }
     }
     write_file(&run_dir.join(files::METRICS), &records_jsonl(&records))?;
-    write_file(
-        &run_dir.join(files::CONFIG),
-        &serde_json::to_vec_pretty(cfg).expect("serialisable"),
-    )?;
+    write_file(&run_dir.join(files::CONFIG), &recorded_config(cfg))?;
 
     let n = source.len();
     let per_epoch = (n / cfg.batch_size) as u64;
@@ -881,7 +904,10 @@ fn head_gradients_cpu(
     let mut dw = vec![0f32; k * features];
     for (row, dzr) in x.iter().zip(dz.chunks_exact(k)) {
         for (c, &d) in dzr.iter().enumerate() {
-            for (acc, &v) in dw[c * features..(c + 1) * features].iter_mut().zip(row.iter()) {
+            for (acc, &v) in dw[c * features..(c + 1) * features]
+                .iter_mut()
+                .zip(row.iter())
+            {
                 *acc += d * v;
             }
         }
@@ -1015,6 +1041,108 @@ pub fn bench_full(cfg: &Config) -> Result<(f64, u64), Error> {
         } => Ok((steady_secs, steady_steps)),
         Fitted::Interrupted { .. } => Err(Error::Config("interrupted".into())),
     }
+}
+
+/// `train-config.json`: the settings that decide the result, without paths, devices or thread
+/// counts, so the file (a manifest output) is the same wherever and however the run was made.
+fn recorded_config(cfg: &Config) -> Vec<u8> {
+    let mut v = serde_json::to_value(cfg).expect("serialisable");
+    if let Some(map) = v.as_object_mut() {
+        for key in [
+            "tfrecords",
+            "labels",
+            "run",
+            "resume",
+            "threads",
+            "cache_dir",
+            "device",
+            "extract_batch",
+        ] {
+            map.remove(key);
+        }
+        let init = match &cfg.init {
+            Init::Seeded => "seeded".to_owned(),
+            Init::Weights(p) => p
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        };
+        map.insert("init".into(), init.into());
+    }
+    let mut out = serde_json::to_vec_pretty(&v).expect("serialisable");
+    out.push(b'\n');
+    out
+}
+
+/// Removes the checkpoints and training events of an earlier run in `run_dir`.
+fn clear_run(run_dir: &Path) -> Result<(), Error> {
+    for (dir, prefix) in [
+        (run_dir.join(files::CHECKPOINTS), "step-"),
+        (run_dir.join(files::TRAIN_EVENTS), "events.out.tfevents."),
+    ] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(prefix) {
+                std::fs::remove_file(entry.path()).map_err(|source| Error::Write {
+                    path: entry.path(),
+                    source,
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Initialises new classifiers (`fc`, `AuxLogits.fc`) as retrain.py does its final layer:
+/// weights from a normal distribution with std 0.001 truncated at two standard deviations (TF's
+/// `truncated_normal`), biases 0. torchvision's std of 0.1 gives a fresh classifier logits of
+/// several units on random directions, which a fine-tuning learning rate takes many steps to
+/// undo; near-zero logits start every class at the same probability.
+fn init_classifiers(model: &Model, prefixes: &[&str], seed: u64) -> candle_core::Result<()> {
+    use rand::Rng as _;
+    let tensors = model.tensors();
+    for prefix in prefixes {
+        let (Some(w), Some(b)) = (
+            tensors.get(&format!("{prefix}.weight")),
+            tensors.get(&format!("{prefix}.bias")),
+        ) else {
+            continue;
+        };
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(stream(seed, CLASSIFIER_INIT, counter_hash(prefix)));
+        let values: Vec<f32> = (0..w.elem_count())
+            .map(|_| {
+                loop {
+                    // Box–Muller; resample outside ±2σ.
+                    let (u1, u2): (f64, f64) = (rng.random(), rng.random());
+                    let z = (-2.0 * (1.0 - u1).ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+                    if z.abs() <= 2.0 {
+                        break (z * 0.001) as f32;
+                    }
+                }
+            })
+            .collect();
+        model.set_tensor(
+            &format!("{prefix}.weight"),
+            &Tensor::from_vec(values, w.dims(), &Device::Cpu)?,
+        )?;
+        model.set_tensor(
+            &format!("{prefix}.bias"),
+            &b.zeros_like()?.to_device(&Device::Cpu)?,
+        )?;
+    }
+    if !prefixes.is_empty() {
+        tracing::info!(
+            "new classifier {} initialised as retrain.py's (truncated normal, std 0.001; bias 0)",
+            prefixes.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn counter_hash(name: &str) -> u64 {
+    retrain_inception::counter::name_hash(name)
 }
 
 /// Sets the batch-norm statistics of a freshly initialised model from data: the statistics of
@@ -1159,6 +1287,7 @@ struct State {
 /// shuffling per epoch. (The loader derives its own from the seed, the epoch and the position.)
 const DROPOUT: u64 = 0xd20_9007;
 const HEAD_SHUFFLE: u64 = 0x4ead_5ff1;
+const CLASSIFIER_INIT: u64 = 0xc1a5_51f1;
 
 fn stream(seed: u64, kind: u64, index: u64) -> u64 {
     // splitmix64 of the mix, so neighbouring indices give unrelated seeds.

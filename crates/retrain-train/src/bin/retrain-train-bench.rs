@@ -141,7 +141,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 threads: 0,
             };
             let start = Instant::now();
-            bottleneck::compute_or_load(&model, dataset, &cfg, &retrain_stage::NoProgress)?;
+            bottleneck::compute_or_load(
+                &model,
+                dataset,
+                &cfg,
+                &std::sync::atomic::AtomicBool::new(false),
+                &retrain_stage::NoProgress,
+            )?;
             let secs = start.elapsed().as_secs_f64();
             format!(
                 "extract size={size} batch={batch_size} images={images} seconds={secs:.3} images_per_sec={:.2}",

@@ -77,7 +77,8 @@ struct Args {
     /// Weight of the aux-logits loss.
     #[arg(long, default_value_t = 0.4)]
     aux_weight: f64,
-    /// L2 weight decay on conv and fc weights (slim: wd·Σw²/2); AdamW's decoupled decay otherwise.
+    /// Weight decay: slim's L2 (wd·Σw²/2) on conv and fc weights with rmsprop and sgd; with adamw,
+    /// its decoupled decay (w −= lr·wd·w) on every parameter, as torch.optim.AdamW.
     #[arg(long, default_value_t = 4e-5)]
     weight_decay: f64,
     /// Batch-norm moving-average decay (TF convention).
@@ -137,16 +138,32 @@ fn main() -> ExitCode {
     init_logging(args.verbose);
     let cancel = Arc::new(AtomicBool::new(false));
     let flag = cancel.clone();
+    // The first Ctrl-C asks for a checkpoint at the end of the current step (or batch of
+    // bottlenecks); a second one ends the process at once.
     if let Err(e) = ctrlc::set_handler(move || {
-        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        if flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("interrupt: finishing the current step; Ctrl-C again to stop at once");
     }) {
         tracing::warn!("cannot catch Ctrl-C: {e}");
     }
     match run(&args, &cancel) {
         Ok(Outcome::Interrupted { .. }) => ExitCode::from(130),
         Ok(Outcome::Finished { .. }) => ExitCode::SUCCESS,
+        Err(e) if is_interrupted(&e) => {
+            eprintln!("stopped: {e:#}");
+            ExitCode::from(130)
+        }
         Err(e) => exit_code(Err(e)),
     }
+}
+
+fn is_interrupted(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<train::Error>()
+            .is_some_and(train::Error::is_interrupted)
+    })
 }
 
 fn run(args: &Args, cancel: &AtomicBool) -> anyhow::Result<Outcome> {
@@ -166,7 +183,19 @@ fn run(args: &Args, cancel: &AtomicBool) -> anyhow::Result<Outcome> {
     }
     cfg.epochs = args.epochs;
     cfg.max_steps = args.max_steps;
-    cfg.optimizer = OptimizerKind::parse(&args.optimizer)?;
+    cfg.optimizer = match OptimizerKind::parse(&args.optimizer)? {
+        // AdamW decays every parameter by lr·wd per step (torch's convention), with the same
+        // --weight-decay the others apply as slim's L2 on conv and fc weights.
+        OptimizerKind::Adamw {
+            beta1, beta2, eps, ..
+        } => OptimizerKind::Adamw {
+            beta1,
+            beta2,
+            eps,
+            weight_decay: args.weight_decay,
+        },
+        other => other,
+    };
     cfg.lr = LrSchedule {
         initial: args.lr,
         decay_factor: args.lr_decay,
