@@ -53,7 +53,6 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    fixed_mmap_threshold();
     let args = Args::parse();
     retrain_stage::cli::init_logging(args.verbose);
     retrain_stage::cli::exit_code(run(args))
@@ -83,22 +82,3 @@ fn run(args: Args) -> anyhow::Result<()> {
     })?;
     Ok(())
 }
-
-/// Each batch is decoded into buffers of about 30 MB that are freed before the next batch. glibc
-/// raises its mmap threshold whenever such a mapped buffer is freed; after that the next ones come
-/// from the heap, which fragments and keeps about 30 MB more resident. A fixed threshold keeps
-/// every buffer of 1 MiB or more mapped, and gives it back to the system when freed.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn fixed_mmap_threshold() {
-    const M_MMAP_THRESHOLD: i32 = -3;
-    unsafe extern "C" {
-        fn mallopt(param: i32, value: i32) -> i32;
-    }
-    // SAFETY: mallopt only tunes the allocator, and runs before any other thread exists.
-    unsafe {
-        mallopt(M_MMAP_THRESHOLD, 1 << 20);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn fixed_mmap_threshold() {}
