@@ -44,6 +44,11 @@ pub(crate) struct PipelineArgs {
     /// Which dataset to fetch.
     #[arg(long, default_value = "cifar10", value_parser = ["cifar10", "cifar100"])]
     pub(crate) dataset: String,
+    /// Your own images instead of a download: DIR/train_dir/<class>/*, DIR/validation_dir/<class>/*
+    /// and DIR/labels.txt (one class per line), the layout retrain-sort writes. Skips fetch,
+    /// extract and sort; the run is named after DIR.
+    #[arg(long, value_name = "DIR", conflicts_with = "dataset")]
+    pub(crate) images: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) run: RunArgs,
 }
@@ -157,6 +162,35 @@ fn after_download(workdir: &Path, dataset: &str, archive: PathBuf) -> Vec<Step> 
     ]
 }
 
+/// The chain for a user's class folders: tfrecord straight from them (then train and eval).
+fn own_images(workdir: &Path, images: &Path) -> anyhow::Result<Vec<Step>> {
+    for part in ["train_dir", "validation_dir", "labels.txt"] {
+        if !images.join(part).exists() {
+            bail!(
+                "--images {}: no {part} (expected train_dir/<class>/*, validation_dir/<class>/* and labels.txt)",
+                images.display()
+            );
+        }
+    }
+    let mut tfrecord = Step::new("tfrecord", TFRECORD_BUILT, workdir.join("tfrecords"))
+        .input("train-dir", images.join("train_dir"))
+        .input("validation-dir", images.join("validation_dir"))
+        .input("labels", images.join("labels.txt"))
+        .param("seed", "12345");
+    tfrecord.subcommand = Some("build");
+    Ok(vec![tfrecord])
+}
+
+/// A run name from a folder's name (`my-photos`), `images` when it has none.
+fn run_name_of(images: &Path) -> String {
+    images
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "images".into())
+}
+
 /// Train and eval of run `name`: `train` writes `runs/<name>`, `eval` `runs/<name>/eval`,
 /// pinned to the model the training manifest recorded.
 fn train_and_eval(workdir: &Path, name: &str, train_params: &[(&str, &str)]) -> Vec<Step> {
@@ -192,17 +226,23 @@ pub(crate) fn pipeline(args: &PipelineArgs) -> anyhow::Result<Report> {
         .workdir
         .clone()
         .unwrap_or_else(|| workspace_root().join("data"));
-    let downloads = workdir.join("downloads");
-    let archive = downloads.join(archive_name(&args.dataset));
-    let mut fetch = Step::new("fetch", true, downloads).param("dataset", &args.dataset);
-    fetch.out = archive.clone();
-    let mut steps = vec![fetch];
-    steps.extend(after_download(&workdir, &args.dataset, archive));
+    let (mut steps, run_name) = match &args.images {
+        Some(images) => (own_images(&workdir, images)?, run_name_of(images)),
+        None => {
+            let downloads = workdir.join("downloads");
+            let archive = downloads.join(archive_name(&args.dataset));
+            let mut fetch = Step::new("fetch", true, downloads).param("dataset", &args.dataset);
+            fetch.out = archive.clone();
+            let mut steps = vec![fetch];
+            steps.extend(after_download(&workdir, &args.dataset, archive));
+            (steps, args.dataset.clone())
+        }
+    };
     // Pretrained weights join the chain with the end-to-end issue; until then the backbone is
     // seeded (its batch-norm statistics calibrated on the data).
     steps.extend(train_and_eval(
         &workdir,
-        &args.dataset,
+        &run_name,
         &[
             ("trainable", "head"),
             ("init", "seeded"),
