@@ -482,15 +482,7 @@ fn inception(args: &BenchArgs) -> anyhow::Result<()> {
         ("299", train_batch.as_str(), "1", true),
     ];
     let rate = |cmd: &mut Command| -> anyhow::Result<(String, f64)> {
-        let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
-        if !out.status.success() {
-            bail!(
-                "{cmd:?} failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = stdout_of(cmd)?;
         let line = text
             .lines()
             .find_map(|l| l.strip_prefix("bench\t"))
@@ -797,15 +789,7 @@ fn train(args: &BenchArgs) -> anyhow::Result<()> {
                 .arg("--work")
                 .arg(&scratch)
                 .env("RUST_LOG", "warn");
-            let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
-            if !out.status.success() {
-                bail!(
-                    "{cmd:?} failed ({}): {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            let text = String::from_utf8_lossy(&out.stdout);
+            let text = stdout_of(&mut cmd)?;
             let (line_kind, values) = parse_bench_line(&text, subcommand)
                 .with_context(|| format!("{cmd:?} printed no `{subcommand} …` line"))?;
             kind = line_kind;
@@ -950,4 +934,17 @@ fn which(program: &str) -> bool {
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// Runs `cmd` and returns its stdout; a failure is an error with the command and its stderr.
+fn stdout_of(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
