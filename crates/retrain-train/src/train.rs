@@ -156,6 +156,17 @@ impl Config {
         }
     }
 
+    /// The network these settings train: `n_classes` outputs, the aux head or not, the dropout,
+    /// and the batch-norm decay as PyTorch's momentum.
+    fn network(&self, n_classes: usize, aux_logits: bool) -> retrain_inception::Config {
+        retrain_inception::Config {
+            num_classes: n_classes,
+            aux_logits,
+            dropout: self.dropout,
+            bn_momentum: 1.0 - self.bn_decay,
+        }
+    }
+
     /// The settings that decide the numbers (not how long to run, nor where to log): a resumed
     /// run must have the same.
     fn identity(&self) -> serde_json::Value {
@@ -307,12 +318,7 @@ pub fn run(
             cfg.size
         );
     }
-    let net_cfg = retrain_inception::Config {
-        num_classes: n_classes,
-        aux_logits: aux,
-        dropout: cfg.dropout,
-        bn_momentum: 1.0 - cfg.bn_decay,
-    };
+    let net_cfg = cfg.network(n_classes, aux);
     let model = match &cfg.init {
         Init::Weights(path) => {
             let (model, report) = Model::load(&net_cfg, path, cfg.seed, &device)?;
@@ -366,7 +372,7 @@ pub fn run(
             };
             let bottlenecks =
                 bottleneck::compute_or_load(&model, dataset.clone(), &cache, cancel, rep)?;
-            Source::Head(HeadData::new(bottlenecks, &device).map_err(compute(0))?)
+            Source::Head(HeadData::from(bottlenecks))
         }
         Trainable::All => Source::Images(dataset.clone()),
     };
@@ -960,12 +966,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub fn bench_head(cfg: &Config, n: usize, n_classes: usize) -> Result<(f64, u64), Error> {
     use rand::Rng as _;
     let device = retrain_inception::device(&cfg.device)?;
-    let net_cfg = retrain_inception::Config {
-        num_classes: n_classes,
-        aux_logits: false,
-        dropout: cfg.dropout,
-        bn_momentum: 1.0 - cfg.bn_decay,
-    };
+    let net_cfg = cfg.network(n_classes, false);
     let model = Model::new(&net_cfg, cfg.seed, &device)?;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let centres: Vec<f32> = (0..n_classes * FEATURES)
@@ -982,27 +983,9 @@ pub fn bench_head(cfg: &Config, n: usize, n_classes: usize) -> Result<(f64, u64)
         b.features
             .extend(centre.iter().map(|c| c + rng.random::<f32>() * 2.0));
     }
-    std::fs::create_dir_all(cfg.run.join(files::CHECKPOINTS)).map_err(|source| Error::Write {
-        path: cfg.run.clone(),
-        source,
-    })?;
-    let source = Source::Head(HeadData::new(b, &device).map_err(compute(0))?);
+    let source = Source::Head(HeadData::from(b));
     let names: Vec<String> = (0..n_classes).map(|c| format!("class{c}")).collect();
-    match fit(
-        cfg,
-        &model,
-        &source,
-        &names,
-        &AtomicBool::new(false),
-        &retrain_stage::NoProgress,
-    )? {
-        Fitted::Finished {
-            steady_secs,
-            steady_steps,
-            ..
-        } => Ok((steady_secs, steady_steps)),
-        Fitted::Interrupted { .. } => Err(Error::Config("interrupted".into())),
-    }
+    bench_fit(cfg, &model, &source, &names)
 }
 
 /// Full training (`--trainable all`) on the shards of `cfg.tfrecords`, for `cfg.max_steps`:
@@ -1014,23 +997,28 @@ pub fn bench_full(cfg: &Config) -> Result<(f64, u64), Error> {
         Split::Train,
         cfg.labels.as_deref(),
     )?);
-    let net_cfg = retrain_inception::Config {
-        num_classes: dataset.n_classes(),
-        aux_logits: cfg.size >= MIN_AUX_INPUT,
-        dropout: cfg.dropout,
-        bn_momentum: 1.0 - cfg.bn_decay,
-    };
+    let net_cfg = cfg.network(dataset.n_classes(), cfg.size >= MIN_AUX_INPUT);
     let model = Model::new(&net_cfg, cfg.seed, &device)?;
+    let source = Source::Images(dataset.clone());
+    bench_fit(cfg, &model, &source, &dataset.class_names)
+}
+
+/// [`fit`] for the benchmarks, in a fresh run directory: (steady-state seconds, steps timed).
+fn bench_fit(
+    cfg: &Config,
+    model: &Model,
+    source: &Source,
+    class_names: &[String],
+) -> Result<(f64, u64), Error> {
     std::fs::create_dir_all(cfg.run.join(files::CHECKPOINTS)).map_err(|source| Error::Write {
         path: cfg.run.clone(),
         source,
     })?;
-    let source = Source::Images(dataset.clone());
     match fit(
         cfg,
-        &model,
-        &source,
-        &dataset.class_names,
+        model,
+        source,
+        class_names,
         &AtomicBool::new(false),
         &retrain_stage::NoProgress,
     )? {
@@ -1315,12 +1303,12 @@ struct HeadData {
     labels: Vec<u32>,
 }
 
-impl HeadData {
-    fn new(b: Bottlenecks, _device: &Device) -> candle_core::Result<Self> {
-        Ok(Self {
+impl From<Bottlenecks> for HeadData {
+    fn from(b: Bottlenecks) -> Self {
+        Self {
             features: b.features,
             labels: b.labels,
-        })
+        }
     }
 }
 
