@@ -1470,8 +1470,11 @@ fn read_records(path: &Path, step: u64) -> Result<Vec<Record>, Error> {
             });
         }
     };
+    // Lines are appended as training goes; a crash can leave the last one half-written. Only
+    // lines that end in a newline were written whole.
+    let whole = text.rfind('\n').map_or("", |end| &text[..end]);
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
+    for (i, line) in whole.lines().enumerate() {
         let record: Record = serde_json::from_str(line).map_err(|e| Error::Invalid {
             path: path.to_owned(),
             what: format!("line {}: {e}", i + 1),
