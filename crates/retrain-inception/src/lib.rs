@@ -5,11 +5,13 @@
 //! - [`Model`]: the network ([`InceptionV3`]) on a [`VarMap`], initialised from a seeded RNG the way
 //!   torchvision does it; [`Model::load`] reads `.pth` (PyTorch zip) or `.safetensors` weights,
 //!   re-creating `fc` and `AuxLogits.fc` for another class count; [`Model::save`] writes
-//!   safetensors under the same names, loadable by torchvision and timm with `num_classes=N`.
+//!   safetensors under the same names, loadable by torchvision and timm with `num_classes=N`;
+//!   [`Model::save_pth`] writes them as the `.pth` file `torch.save(model.state_dict(), f)` writes.
 //! - [`InceptionV3::features`]: the 2048-d bottleneck features, batched.
 //! - [`ops`]: the pools candle lacks (padded average, strided max) with backward passes, a fused
 //!   training-mode batch norm and a convolution whose backward runs on candle's fast forward kernel.
 //! - [`counter`]: reproducible weights shared with `scripts/inception_parity.py`.
+//! - [`pth`]: [`write_pth`], any map of f32, f64 and i64 tensors as a PyTorch `.pth` file.
 //!
 //! Inputs are N×3×H×W, scaled to [-1, 1], H and W ≥ 75 (299 for the aux head). torchvision's
 //! `transform_input` (which maps ImageNet-normalised inputs back to [-1, 1]) is not offered: feed
@@ -26,6 +28,9 @@ use rand_chacha::ChaCha8Rng;
 pub mod counter;
 pub mod model;
 pub mod ops;
+pub mod pth;
+
+pub use pth::write_pth;
 
 pub use model::{
     BN_EPS, BasicConv2d, Config, Dropout, FEATURES, InceptionA, InceptionAux, InceptionB,
@@ -76,6 +81,21 @@ pub enum Error {
     },
     #[error("serialising weights")]
     Serialise(#[source] Box<candle_core::Error>),
+    #[error("{}: tensor {name} is {dtype:?}; .pth files are written for f32, f64 and i64 only", path.display())]
+    PthDtype {
+        path: PathBuf,
+        name: String,
+        dtype: DType,
+    },
+    #[error("{}: reading tensor {name} to write it", path.display())]
+    PthTensor {
+        path: PathBuf,
+        name: String,
+        #[source]
+        source: Box<candle_core::Error>,
+    },
+    #[error("{}: over 4 GiB, more than a .pth without zip64 records holds", path.display())]
+    PthTooLarge { path: PathBuf },
     #[error("unknown device {0:?}: expected cpu, cuda or cuda:N")]
     DeviceSpec(String),
     #[error(
@@ -416,6 +436,16 @@ impl Model {
             path: path.to_owned(),
             source,
         })
+    }
+
+    /// Writes the same tensors as [`Model::save`] as a PyTorch `.pth` file (see [`write_pth`]),
+    /// atomically: what `torch.save(model.state_dict(), path)` writes, so `torch.load` with
+    /// `weights_only=True` and a strict `load_state_dict` accept it.
+    pub fn save_pth(&self, path: &Path) -> Result<(), Error> {
+        let tensors = self
+            .state_dict()
+            .map_err(|e| Error::Serialise(Box::new(e)))?;
+        write_pth(path, &tensors)
     }
 }
 

@@ -81,12 +81,14 @@ enum Command {
         #[arg(long)]
         train: bool,
     },
-    /// Load weights (re-creating the classifier for --num-classes) and write them as safetensors
-    /// with torchvision names, loadable by torchvision and timm.
+    /// Load weights (re-creating the classifier for --num-classes), or seed a fresh model without
+    /// --weights, and write them with torchvision names, loadable by torchvision and timm: as a
+    /// PyTorch `.pth` file (what `torch.save(model.state_dict(), f)` writes) when --output ends in
+    /// `.pth` or `.pt`, else as safetensors.
     Convert {
         #[command(flatten)]
         model: ModelArgs,
-        /// Safetensors file to write.
+        /// File to write: `.pth`/`.pt` for PyTorch's zip format, anything else for safetensors.
         #[arg(long, value_name = "FILE")]
         output: PathBuf,
     },
@@ -116,9 +118,15 @@ fn run(args: Args) -> anyhow::Result<()> {
         } => bench(&device, size, batch, iters, train),
         Command::Convert { model, output } => {
             let model = build(&model, &device)?;
-            model
-                .save(&output)
-                .with_context(|| format!("writing {}", output.display()))?;
+            let pth = output.extension().is_some_and(|ext| {
+                ext.eq_ignore_ascii_case("pth") || ext.eq_ignore_ascii_case("pt")
+            });
+            if pth {
+                model.save_pth(&output)
+            } else {
+                model.save(&output)
+            }
+            .with_context(|| format!("writing {}", output.display()))?;
             tracing::info!(file = %output.display(), "weights written");
             Ok(())
         }
