@@ -206,7 +206,7 @@ pub fn freshness(
     }
     for (flag, value) in params {
         match manifest.params.get(flag) {
-            Some(recorded) if recorded == value => {}
+            Some(recorded) if same_value(recorded, value) => {}
             Some(recorded) => {
                 return Ok(Freshness::Stale(format!(
                     "parameter --{flag} changed ({recorded} → {value})"
@@ -248,6 +248,16 @@ pub fn freshness(
         }
     }
     Ok(Freshness::UpToDate)
+}
+
+/// Whether a recorded parameter equals the one asked for: the same text, or the same number
+/// (`1e-2` and `0.01`, `10` and `10.0`), since stages record numbers as they parsed them.
+fn same_value(recorded: &str, asked: &str) -> bool {
+    recorded == asked
+        || matches!(
+            (recorded.parse::<f64>(), asked.parse::<f64>()),
+            (Ok(a), Ok(b)) if a == b
+        )
 }
 
 /// SHA-256 and size of a file.

@@ -38,6 +38,11 @@ fn a_stage_is_stale_until_its_manifest_matches_then_stale_again_on_any_change() 
         Freshness::Stale("parameter --seed changed (0 → 1)".into())
     );
     assert_eq!(
+        check(&params("0.0")),
+        Freshness::UpToDate,
+        "numbers compare as numbers (a stage records `1e-2` as `0.01`)"
+    );
+    assert_eq!(
         check(&BTreeMap::from([("size".to_owned(), "3".to_owned())])),
         Freshness::Stale("parameter --size is not in the manifest".into())
     );

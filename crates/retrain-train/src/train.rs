@@ -168,11 +168,17 @@ impl Config {
     }
 
     /// The settings that decide the numbers (not how long to run, nor where to log): a resumed
-    /// run must have the same.
-    fn identity(&self) -> serde_json::Value {
+    /// run must have the same. Paths are replaced by what they hold (`data`, the training shards'
+    /// digest; the weights' file name), so a checkpoint's bytes do not depend on where the run
+    /// was made.
+    fn identity(&self, data: &str) -> serde_json::Value {
         let mut v = serde_json::to_value(self).expect("serialisable");
         if let Some(map) = v.as_object_mut() {
+            map.insert("data".into(), data.into());
+            map.insert("init".into(), init_name(&self.init).into());
             for key in [
+                "tfrecords",
+                "labels",
                 "epochs",
                 "max_steps",
                 "resume",
@@ -376,7 +382,16 @@ pub fn run(
         }
         Trainable::All => Source::Images(dataset.clone()),
     };
-    let outcome = fit(cfg, &model, &source, &dataset.class_names, cancel, rep)?;
+    let data = dataset.digest()?;
+    let outcome = fit(
+        cfg,
+        &data,
+        &model,
+        &source,
+        &dataset.class_names,
+        cancel,
+        rep,
+    )?;
     let Fitted::Finished {
         steps,
         loss,
@@ -437,6 +452,7 @@ enum Fitted {
 /// (model, labels, model card, loss curve), all but the manifest.
 fn fit(
     cfg: &Config,
+    data: &str,
     model: &Model,
     source: &Source,
     class_names: &[String],
@@ -458,10 +474,10 @@ fn fit(
     if cfg.resume {
         if let Some(path) = checkpoint::latest(&run_dir.join(files::CHECKPOINTS))? {
             let ck = checkpoint::load(&path)?;
-            if ck.meta.config != cfg.identity() {
+            if ck.meta.config != cfg.identity(data) {
                 return Err(Error::ResumeMismatch {
                     path,
-                    what: diff(&ck.meta.config, &cfg.identity()),
+                    what: diff(&ck.meta.config, &cfg.identity(data)),
                 });
             }
             for (name, t) in &ck.model {
@@ -713,7 +729,7 @@ fn fit(
             }
             let periodic = cfg.checkpoint_every > 0 && state.step % cfg.checkpoint_every == 0;
             if periodic || interrupted {
-                let path = save_checkpoint(cfg, model, &optimizer, &state)?;
+                let path = save_checkpoint(cfg, data, model, &optimizer, &state)?;
                 plot_losses(cfg, &records)?;
                 if interrupted {
                     rep.finish();
@@ -739,7 +755,7 @@ fn fit(
         path: run_dir.join(files::TRAIN_EVENTS),
         what: e.to_string(),
     })?;
-    let last = save_checkpoint(cfg, model, &optimizer, &state)?;
+    let last = save_checkpoint(cfg, data, model, &optimizer, &state)?;
     checkpoint::prune(&run_dir.join(files::CHECKPOINTS), 1)?;
     plot_losses(cfg, &records)?;
     model.save(&run_dir.join(files::MODEL))?;
@@ -1016,6 +1032,7 @@ fn bench_fit(
     })?;
     match fit(
         cfg,
+        "bench",
         model,
         source,
         class_names,
@@ -1048,17 +1065,21 @@ fn recorded_config(cfg: &Config) -> Vec<u8> {
         ] {
             map.remove(key);
         }
-        let init = match &cfg.init {
-            Init::Seeded => "seeded".to_owned(),
-            Init::Weights(p) => p
-                .file_name()
-                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-        };
-        map.insert("init".into(), init.into());
+        map.insert("init".into(), init_name(&cfg.init).into());
     }
     let mut out = serde_json::to_vec_pretty(&v).expect("serialisable");
     out.push(b'\n');
     out
+}
+
+/// `seeded`, or the weights' file name.
+fn init_name(init: &Init) -> String {
+    match init {
+        Init::Seeded => "seeded".to_owned(),
+        Init::Weights(p) => p
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+    }
 }
 
 /// Removes the checkpoints and training events of an earlier run in `run_dir`.
@@ -1410,6 +1431,7 @@ fn batch_accuracy(logits: &Tensor, labels: &[u32]) -> candle_core::Result<f32> {
 
 fn save_checkpoint(
     cfg: &Config,
+    data: &str,
     model: &Model,
     optimizer: &Optimizer,
     state: &State,
@@ -1424,7 +1446,7 @@ fn save_checkpoint(
         epoch: state.epoch,
         batch_in_epoch: state.batch_in_epoch,
         seed: cfg.seed,
-        config: cfg.identity(),
+        config: cfg.identity(data),
     };
     let opt_state = optimizer.state().map_err(compute(state.step))?;
     checkpoint::save(&path, &meta, &model.tensors(), &opt_state)?;
