@@ -103,7 +103,7 @@ pub(crate) fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let manifest = retrain_stage::Manifest::read(&synth_dir)?
         .with_context(|| format!("no manifest in {}", synth_dir.display()))?;
     let digest = manifest.outputs["cifar-10-python.tar.gz"].clone();
-    let server = LoopbackServer::start(&archive)?;
+    let server = LoopbackServer::start(&archive, 0)?;
     let url = server.url.clone();
 
     let mut cases = Vec::new();

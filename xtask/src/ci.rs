@@ -4,7 +4,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
-use crate::pipeline::{self, Outcome, RunArgs};
+use crate::pipeline::{self, DemoArgs, Outcome, RunArgs};
 use crate::{cargo, workspace_root};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -62,13 +62,17 @@ pub(crate) fn ci(args: &CiArgs) -> anyhow::Result<()> {
         std::fs::remove_dir_all(&workdir)
             .with_context(|| format!("removing {}", workdir.display()))?;
     }
-    let demo_args = RunArgs {
-        workdir: Some(workdir),
-        from: None,
-        to: None,
-        force: false,
-        config: None,
-        overrides: Vec::new(),
+    let demo_args = DemoArgs {
+        weights: None,
+        drop_connections: 0,
+        run: RunArgs {
+            workdir: Some(workdir),
+            from: None,
+            to: None,
+            force: false,
+            config: None,
+            overrides: Vec::new(),
+        },
     };
     let first = pipeline::demo(&demo_args)?;
     if first.stages.is_empty() || first.stages.iter().any(|(_, o)| *o != Outcome::Ran) {

@@ -20,11 +20,12 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Run the pipeline on a real dataset (fetch → extract → sort → tfrecord → train → eval),
+    /// Run the pipeline on a real dataset (weights, fetch → extract → sort → tfrecord → train →
+    /// eval),
     /// skipping every stage whose manifest.json matches its inputs and parameters.
     Pipeline(pipeline::PipelineArgs),
     /// Run the pipeline offline on the embedded synthetic dataset.
-    Demo(pipeline::RunArgs),
+    Demo(pipeline::DemoArgs),
     /// Run exactly what CI runs: formatting, clippy, the tests, the interop scripts, and the demo
     /// twice (the second run must skip every stage).
     Ci(ci::CiArgs),

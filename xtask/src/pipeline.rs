@@ -3,7 +3,9 @@
 //! Parameters come from each stage's defaults, then `--config pipeline.toml` (a table per stage,
 //! keys are the stage's flag names), then `--set stage.flag=value`. Every parameter is passed to
 //! the stage explicitly, and the stage records them in its manifest; a stage is up to date when its
-//! manifest records the same parameters, the same input digests and unmodified outputs.
+//! manifest records the same parameters, the same input digests and unmodified outputs. Settings
+//! that cannot change a stage's outputs (threads, device, retries, logging) are passed too but not
+//! compared, so changing them never reruns anything.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader};
@@ -49,6 +51,28 @@ pub(crate) struct PipelineArgs {
     /// extract and sort; the run is named after DIR.
     #[arg(long, value_name = "DIR", conflicts_with = "dataset")]
     pub(crate) images: Option<PathBuf>,
+    /// Pretrained weights from this file (a torchvision `.pth` or timm `.safetensors`) instead of
+    /// downloading torchvision's Inception-v3 (the `weights` stage).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) weights: Option<PathBuf>,
+    /// No pretrained weights: train from a seeded initialisation (offline; learns far less).
+    #[arg(long, conflicts_with = "weights")]
+    pub(crate) seeded: bool,
+    #[command(flatten)]
+    pub(crate) run: RunArgs,
+}
+
+/// `cargo xtask demo` options.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct DemoArgs {
+    /// Pretrained weights (a torchvision `.pth` or timm `.safetensors`) instead of a seeded
+    /// backbone; none can be downloaded offline.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) weights: Option<PathBuf>,
+    /// The loopback server drops the connection N times during the download, so the demo shows
+    /// the download resuming where it broke.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub(crate) drop_connections: u32,
     #[command(flatten)]
     pub(crate) run: RunArgs,
 }
@@ -56,8 +80,11 @@ pub(crate) struct PipelineArgs {
 /// One stage of a chain, as the runner sees it.
 #[derive(Debug, Clone)]
 struct Step {
-    /// Stage name (`synth`, `fetch`, …) and, as `retrain-<name>`, its package and binary.
+    /// The name `--from`, `--to`, `--config` and `--set` use (`weights` for the weights download).
     name: &'static str,
+    /// The stage it runs (`fetch` for `weights`): the stage its manifest names and, as
+    /// `retrain-<stage>`, its binary.
+    stage: &'static str,
     /// False for stages whose crate has not landed yet: the chain stops before them.
     built: bool,
     /// The directory holding the stage's `manifest.json`.
@@ -72,17 +99,22 @@ struct Step {
     inputs: BTreeMap<String, PathBuf>,
     /// Parameters by flag name: passed to the stage and compared with its manifest.
     params: BTreeMap<String, String>,
+    /// Settings by flag name: passed to the stage, not compared (they never change its outputs).
+    settings: BTreeMap<String, String>,
     /// Fills in parameters that depend on an earlier stage's outputs, once that stage has run.
     resolve: Option<fn(&mut Step, &Path) -> anyhow::Result<()>>,
     /// A file to serve on 127.0.0.1 while the stage runs; its URL is passed as `--url` (not a
     /// parameter: the port changes every time, the content is pinned by digest).
     serve: Option<PathBuf>,
+    /// How many times that server drops the connection mid-body before serving normally.
+    drops: u32,
 }
 
 impl Step {
     fn new(name: &'static str, built: bool, dir: PathBuf) -> Self {
         Self {
             name,
+            stage: name,
             built,
             out: dir.clone(),
             out_flag: "out",
@@ -90,9 +122,26 @@ impl Step {
             subcommand: None,
             inputs: BTreeMap::new(),
             params: BTreeMap::new(),
+            settings: BTreeMap::new(),
             resolve: None,
             serve: None,
+            drops: 0,
         }
+    }
+
+    /// The `retrain-*` binary and its package.
+    fn binary(&self) -> (String, &'static str) {
+        let binary = format!("retrain-{}", self.stage);
+        // train and eval are binaries of the retrain-train package.
+        let package = match self.stage {
+            "synth" => "retrain-synth",
+            "fetch" => "retrain-fetch",
+            "extract" => "retrain-extract",
+            "sort" => "retrain-sort",
+            "tfrecord" => "retrain-tfrecord",
+            _ => "retrain-train",
+        };
+        (binary, package)
     }
 
     fn param(mut self, flag: &str, value: &str) -> Self {
@@ -103,6 +152,100 @@ impl Step {
     fn input(mut self, flag: &str, path: PathBuf) -> Self {
         self.inputs.insert(flag.to_owned(), path);
         self
+    }
+}
+
+/// What `--config`/`--set` may give a stage besides its default parameters.
+#[derive(Debug, Clone, Copy)]
+struct Accepts {
+    /// Parameters the stage records in its manifest.
+    params: &'static [&'static str],
+    /// Settings that cannot change its outputs.
+    settings: &'static [&'static str],
+    /// Optional input files.
+    inputs: &'static [&'static str],
+}
+
+/// Every flag of each stage's binary that a chain may set (the rest are the paths the runner
+/// wires). A test checks each against the binary's `--help`.
+fn accepts(stage: &str) -> Accepts {
+    match stage {
+        "synth" => Accepts {
+            params: &[
+                "dataset",
+                "images-per-batch",
+                "seed",
+                "collisions",
+                "gzip-level",
+            ],
+            settings: &[],
+            inputs: &[],
+        },
+        "fetch" => Accepts {
+            params: &["url", "sha256", "md5", "size"],
+            settings: &[
+                "retries",
+                "retry-delay-ms",
+                "read-timeout-secs",
+                "connect-timeout-secs",
+                "max-redirects",
+            ],
+            inputs: &[],
+        },
+        "extract" => Accepts {
+            params: &["max-bytes"],
+            settings: &[],
+            inputs: &["member-digests"],
+        },
+        "sort" => Accepts {
+            params: &[],
+            settings: &["threads"],
+            inputs: &[],
+        },
+        "tfrecord" => Accepts {
+            params: &["train-shards", "validation-shards", "seed"],
+            settings: &["threads"],
+            inputs: &[],
+        },
+        "train" => Accepts {
+            params: &[
+                "trainable",
+                "size",
+                "batch-size",
+                "epochs",
+                "max-steps",
+                "optimizer",
+                "lr",
+                "lr-decay",
+                "epochs-per-decay",
+                "label-smoothing",
+                "aux-weight",
+                "weight-decay",
+                "bn-decay",
+                "dropout",
+                "seed",
+                "shuffle-buffer",
+            ],
+            settings: &[
+                "threads",
+                "log-every",
+                "checkpoint-every",
+                "cache",
+                "extract-batch",
+                "device",
+            ],
+            inputs: &[],
+        },
+        "eval" => Accepts {
+            params: &["size", "batch-size"],
+            settings: &["threads", "device"],
+            inputs: &[],
+        },
+        _ => Accepts {
+            params: &[],
+            settings: &[],
+            inputs: &[],
+        },
     }
 }
 
@@ -191,12 +334,35 @@ fn run_name_of(images: &Path) -> String {
         .unwrap_or_else(|| "images".into())
 }
 
-/// Train and eval of run `name`: `train` writes `runs/<name>`, `eval` `runs/<name>/eval`,
-/// pinned to the model the training manifest recorded.
-fn train_and_eval(workdir: &Path, name: &str, train_params: &[(&str, &str)]) -> Vec<Step> {
+/// torchvision's Inception-v3 weights: the file `retrain-fetch --weights inception_v3` downloads.
+const TORCHVISION_WEIGHTS: &str = "inception_v3_google-0cc3c7bd.pth";
+
+/// The `weights` stage: `retrain-fetch --weights inception_v3` into `weights/`.
+fn weights_download(workdir: &Path) -> (Step, PathBuf) {
+    let dir = workdir.join("weights");
+    let file = dir.join(TORCHVISION_WEIGHTS);
+    let mut step = Step::new("weights", true, dir).param("weights", "inception_v3");
+    step.stage = "fetch";
+    step.out = file.clone();
+    (step, file)
+}
+
+/// Train and eval of run `name`: `train` writes `runs/<name>`, starting from `weights` (or a
+/// seeded initialisation without), `eval` writes `runs/<name>/eval`, pinned to the model the
+/// training manifest recorded.
+fn train_and_eval(
+    workdir: &Path,
+    name: &str,
+    weights: Option<PathBuf>,
+    train_params: &[(&str, &str)],
+) -> Vec<Step> {
     let run = workdir.join("runs").join(name);
     let mut train =
         Step::new("train", true, run.clone()).input("tfrecords", workdir.join("tfrecords"));
+    train = match weights {
+        Some(file) => train.input("weights", file),
+        None => train.param("init", "seeded"),
+    };
     train.out_flag = "run";
     for (flag, value) in train_params {
         train = train.param(flag, value);
@@ -238,14 +404,24 @@ pub(crate) fn pipeline(args: &PipelineArgs) -> anyhow::Result<Report> {
             (steps, args.dataset.clone())
         }
     };
-    // Pretrained weights join the chain with the end-to-end issue; until then the backbone is
-    // seeded (its batch-norm statistics calibrated on the data).
+    // torchvision's ImageNet weights by default; a local file, or none (seeded) on request.
+    let weights = match (&args.weights, args.seeded) {
+        (Some(file), _) => Some(
+            std::path::absolute(file).with_context(|| format!("--weights {}", file.display()))?,
+        ),
+        (None, true) => None,
+        (None, false) => {
+            let (step, file) = weights_download(&workdir);
+            steps.insert(0, step);
+            Some(file)
+        }
+    };
     steps.extend(train_and_eval(
         &workdir,
         &run_name,
+        weights,
         &[
             ("trainable", "head"),
-            ("init", "seeded"),
             ("size", "299"),
             ("epochs", "10"),
             ("seed", "0"),
@@ -254,7 +430,8 @@ pub(crate) fn pipeline(args: &PipelineArgs) -> anyhow::Result<Report> {
     run_chain(&workdir, steps, &args.run)
 }
 
-pub(crate) fn demo(args: &RunArgs) -> anyhow::Result<Report> {
+pub(crate) fn demo(demo: &DemoArgs) -> anyhow::Result<Report> {
+    let args = &demo.run;
     let workdir = args
         .workdir
         .clone()
@@ -271,6 +448,7 @@ pub(crate) fn demo(args: &RunArgs) -> anyhow::Result<Report> {
     let mut fetch = Step::new("fetch", true, downloads);
     fetch.out = archive.clone();
     fetch.serve = Some(synth_dir.join(archive_name("cifar10")));
+    fetch.drops = demo.drop_connections;
     // The download is pinned to the digest the generator recorded.
     fetch.resolve = Some(|step, workdir| {
         let synth_dir = workdir.join("synth");
@@ -290,13 +468,19 @@ pub(crate) fn demo(args: &RunArgs) -> anyhow::Result<Report> {
         .clone()
         .input("member-digests", synth_dir.join("members.md5"));
     steps.extend(rest);
-    // Head-only at 75×75 from a seeded backbone: a few minutes on 2 cores.
+    // Head-only at 75×75 from a seeded backbone (no weights offline): a few minutes on 2 cores.
+    let weights = match &demo.weights {
+        Some(file) => Some(
+            std::path::absolute(file).with_context(|| format!("--weights {}", file.display()))?,
+        ),
+        None => None,
+    };
     steps.extend(train_and_eval(
         &workdir,
         "demo",
+        weights,
         &[
             ("trainable", "head"),
-            ("init", "seeded"),
             ("size", "75"),
             ("epochs", "20"),
             ("batch-size", "100"),
@@ -419,11 +603,26 @@ fn apply_overrides(steps: &mut [Step], args: &RunArgs) -> anyhow::Result<()> {
         if !step.built {
             bail!("{origin}: stage `{stage}` is not built yet, so it takes no parameters");
         }
-        let Some(slot) = step.params.get_mut(&flag) else {
-            let known: Vec<&String> = step.params.keys().collect();
+        let accepts = accepts(step.stage);
+        if let Some(slot) = step.params.get_mut(&flag) {
+            *slot = value;
+        } else if accepts.params.contains(&flag.as_str()) {
+            step.params.insert(flag, value);
+        } else if accepts.settings.contains(&flag.as_str()) {
+            step.settings.insert(flag, value);
+        } else if accepts.inputs.contains(&flag.as_str()) {
+            let path = std::path::absolute(&value)
+                .with_context(|| format!("{origin}: {stage}.{flag} = {value}"))?;
+            step.inputs.insert(flag, path);
+        } else {
+            let mut known: Vec<&str> = step.params.keys().map(String::as_str).collect();
+            for flag in [accepts.params, accepts.settings, accepts.inputs].concat() {
+                if !known.contains(&flag) {
+                    known.push(flag);
+                }
+            }
             bail!("{origin}: stage `{stage}` has no parameter `{flag}` (it has {known:?})");
-        };
-        *slot = value;
+        }
     }
     Ok(())
 }
@@ -484,7 +683,7 @@ fn run_chain(workdir: &Path, mut steps: Vec<Step>, args: &RunArgs) -> anyhow::Re
 }
 
 fn run_step(step: &Step, force: bool) -> anyhow::Result<Outcome> {
-    let freshness = retrain_stage::freshness(&step.dir, step.name, &step.params, &step.inputs)
+    let freshness = retrain_stage::freshness(&step.dir, step.stage, &step.params, &step.inputs)
         .with_context(|| format!("checking whether stage `{}` is up to date", step.name))?;
     match (&freshness, force) {
         (Freshness::UpToDate, false) => {
@@ -500,12 +699,7 @@ fn run_step(step: &Step, force: bool) -> anyhow::Result<Outcome> {
             eprintln!("pipeline: {}: running ({reason})", step.name);
         }
     }
-    let binary = format!("retrain-{}", step.name);
-    // train and eval are binaries of the retrain-train package.
-    let package = match step.name {
-        "train" | "eval" => "retrain-train",
-        _ => &binary,
-    };
+    let (binary, package) = step.binary();
     let mut cmd = cargo();
     cmd.args([
         "run",
@@ -523,13 +717,13 @@ fn run_step(step: &Step, force: bool) -> anyhow::Result<Outcome> {
     for (flag, path) in &step.inputs {
         cmd.arg(format!("--{flag}")).arg(path);
     }
-    for (flag, value) in &step.params {
+    for (flag, value) in step.params.iter().chain(&step.settings) {
         cmd.arg(format!("--{flag}={value}"));
     }
     // Held until the stage has finished; dropping it stops the server.
     let _server = match &step.serve {
         Some(file) => {
-            let server = LoopbackServer::start(file)?;
+            let server = LoopbackServer::start(file, step.drops)?;
             eprintln!(
                 "pipeline: {}: serving {} at {}",
                 step.name,
@@ -548,7 +742,7 @@ fn run_step(step: &Step, force: bool) -> anyhow::Result<Outcome> {
         bail!("stage `{}` failed ({status})", step.name);
     }
     // The stage must have written a manifest that matches what we asked for.
-    match retrain_stage::freshness(&step.dir, step.name, &step.params, &step.inputs)? {
+    match retrain_stage::freshness(&step.dir, step.stage, &step.params, &step.inputs)? {
         Freshness::UpToDate => Ok(Outcome::Ran),
         Freshness::Stale(reason) => bail!(
             "stage `{}` finished but its manifest does not match the run: {reason}",
@@ -566,7 +760,13 @@ pub(crate) struct LoopbackServer {
 }
 
 impl LoopbackServer {
-    pub(crate) fn start(file: &Path) -> anyhow::Result<Self> {
+    /// Serves `file`; the first `drops` answers break off mid-body (each after an equal share of
+    /// what is left), the rest are whole.
+    pub(crate) fn start(file: &Path, drops: u32) -> anyhow::Result<Self> {
+        let size = std::fs::metadata(file)
+            .with_context(|| format!("reading {}", file.display()))?
+            .len();
+        let share = size / (u64::from(drops) + 1);
         let mut child = cargo()
             .args([
                 "run",
@@ -580,6 +780,7 @@ impl LoopbackServer {
             .arg("--file")
             .arg(file)
             .arg("--until-stdin-closes")
+            .args((0..drops).flat_map(|_| ["--drop-after".to_owned(), share.to_string()]))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -647,6 +848,78 @@ mod tests {
         assert_eq!(steps[0].params["seed"], "4");
         assert_eq!(steps[0].params["images-per-batch"], "20");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn settings_are_passed_but_not_compared_and_optional_flags_join_the_parameters() {
+        let mut steps = vec![Step::new("train", true, PathBuf::from("run")).param("size", "75")];
+        let overrides = [
+            "train.threads=1",
+            "train.max-steps=5",
+            "train.size=139",
+            "train.lr=1e-2",
+        ];
+        apply_overrides(&mut steps, &args(&overrides, None)).unwrap();
+        let step = &steps[0];
+        assert_eq!(step.settings["threads"], "1");
+        assert!(!step.params.contains_key("threads"));
+        assert_eq!(step.params["max-steps"], "5");
+        assert_eq!(step.params["size"], "139");
+        assert_eq!(step.params["lr"], "1e-2");
+        let err = apply_overrides(&mut steps, &args(&["train.tfrecords=x"], None)).unwrap_err();
+        assert!(
+            err.to_string().contains("has no parameter `tfrecords`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_weights_stage_is_a_fetch_and_takes_a_url() {
+        let (mut step, file) = weights_download(Path::new("work"));
+        assert_eq!((step.name, step.stage), ("weights", "fetch"));
+        assert_eq!(step.binary(), ("retrain-fetch".to_owned(), "retrain-fetch"));
+        assert_eq!(file, Path::new("work/weights").join(TORCHVISION_WEIGHTS));
+        let mut steps = vec![step.clone()];
+        apply_overrides(
+            &mut steps,
+            &args(&["weights.url=http://127.0.0.1:1/w.pth"], None),
+        )
+        .unwrap();
+        step = steps.remove(0);
+        assert_eq!(step.params["url"], "http://127.0.0.1:1/w.pth");
+        assert_eq!(step.params["weights"], "inception_v3");
+    }
+
+    /// Every flag a chain may set exists in the stage's binary (builds them in release).
+    #[test]
+    fn every_accepted_flag_is_a_flag_of_its_stage() {
+        for (stage, subcommand) in [
+            ("synth", None),
+            ("fetch", None),
+            ("extract", None),
+            ("sort", None),
+            ("tfrecord", Some("build")),
+            ("train", None),
+            ("eval", None),
+        ] {
+            let (binary, package) = Step::new(stage, true, PathBuf::new()).binary();
+            let out = cargo()
+                .args(["run", "--quiet", "--release", "--locked", "-p", package])
+                .args(["--bin", &binary, "--"])
+                .args(subcommand)
+                .arg("--help")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{binary} --help failed");
+            let help = String::from_utf8(out.stdout).unwrap();
+            let accepts = accepts(stage);
+            for flag in [accepts.params, accepts.settings, accepts.inputs].concat() {
+                assert!(
+                    help.contains(&format!("--{flag} <")),
+                    "{binary} has no --{flag}:\n{help}"
+                );
+            }
+        }
     }
 
     #[test]
