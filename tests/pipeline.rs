@@ -203,3 +203,80 @@ fn the_chain_is_reproducible_across_clean_runs_drops_and_crashes() {
         .collect();
     assert_eq!(ran, expected, "{log}");
 }
+
+#[test]
+fn the_pipeline_downloads_pretrained_weights_and_trains_from_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo_config = write_config(tmp.path(), "small.toml", SMALL_DEMO);
+    let photos = user_images(tmp.path(), &demo_config);
+    // Weights in torchvision's file format (seeded, not ImageNet-trained: none can be
+    // downloaded here), served on 127.0.0.1 in place of download.pytorch.org.
+    let served = tmp.path().join("served/inception_v3_google-0cc3c7bd.pth");
+    std::fs::create_dir_all(served.parent().unwrap()).unwrap();
+    run_ok(
+        std::process::Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()))
+            .args([
+                "run",
+                "--quiet",
+                "--release",
+                "--locked",
+                "-p",
+                "retrain-inception",
+            ])
+            .args(["--", "convert", "--output"])
+            .arg(&served)
+            .current_dir(root()),
+    );
+    let bytes = std::fs::read(&served).unwrap();
+    let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    let mut serve = retrain_serve::Config::from_path(&served).unwrap();
+    serve.faults = vec![retrain_serve::Fault::DropAfter(bytes.len() as u64 / 3)];
+    let server = retrain_serve::Server::start(serve).unwrap();
+
+    let config = write_config(tmp.path(), "train.toml", SMALL_TRAIN);
+    let work = tmp.path().join("work");
+    let url = format!("weights.url={}", server.url());
+    let sha = format!("weights.sha256={sha256}");
+    let size = format!("weights.size={}", bytes.len());
+    let pipeline = [
+        "pipeline",
+        "--images",
+        photos.to_str().unwrap(),
+        "--workdir",
+        work.to_str().unwrap(),
+        "--config",
+        &config,
+        "--set",
+        &url,
+        "--set",
+        &sha,
+        "--set",
+        &size,
+    ];
+    let out = run_ok(&mut xtask(&pipeline));
+    let log = String::from_utf8_lossy(&out.stderr);
+    let ran: Vec<String> = outcomes(&log).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(ran, ["weights", "tfrecord", "train", "eval"], "{log}");
+    assert_eq!(
+        std::fs::read(work.join("weights/inception_v3_google-0cc3c7bd.pth")).unwrap(),
+        bytes
+    );
+    assert!(
+        log.contains("pretrained weights") && log.contains("re-initialised for 10 classes"),
+        "training started from the downloaded weights:\n{log}"
+    );
+    let manifest = retrain_stage::Manifest::read(&work.join("runs/photos"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(manifest.inputs["weights"].sha256, sha256);
+    assert!(
+        !manifest.params.contains_key("init"),
+        "{:?}",
+        manifest.params
+    );
+    assert!(work.join("runs/photos/eval/metrics.json").exists());
+
+    let out = run_ok(&mut xtask(&pipeline));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(outcomes(&log).iter().all(|(_, o)| *o == "skipped"), "{log}");
+}

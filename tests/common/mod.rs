@@ -280,3 +280,28 @@ impl Chain {
         running
     }
 }
+
+/// Sorted class folders of the small synthetic dataset, as a user would bring them:
+/// `<dir>/photos/{train_dir,validation_dir,labels.txt}`.
+pub(crate) fn user_images(dir: &Path, config: &str) -> PathBuf {
+    let work = dir.join("sorted");
+    run_ok(&mut xtask(&[
+        "demo",
+        "--workdir",
+        work.to_str().unwrap(),
+        "--config",
+        config,
+        "--to",
+        "sort",
+    ]));
+    let photos = dir.join("photos");
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(work.join("images"))
+        .arg(&photos)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::remove_file(photos.join("manifest.json")).unwrap();
+    photos
+}
