@@ -4,20 +4,13 @@
 # through our own .pth reader, as safetensors; scripts/check_pth.py loads them with
 # torch.load(weights_only=True), strictly into torchvision's inception_v3, compares every tensor
 # and compares the archive's records with what torch.save writes for the same dict. Makes (once)
-# target/torch-venv with scripts/requirements-torch.txt from PyPI, as scripts/inception-parity.sh
+# target/torch-venv with scripts/requirements-torch.txt from PyPI (scripts/torch-venv.sh), as scripts/inception-parity.sh
 # does (a few GB of disk). CI does not run it.
 # Usage: scripts/check-pth.sh [WORKDIR]
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-venv="$root/target/torch-venv"
-stamp="$venv/.requirements-torch.txt"
-if [ ! -x "$venv/bin/python" ]; then
-  "${PYTHON:-python3}" -m venv "$venv"
-fi
-if ! cmp -s "$root/scripts/requirements-torch.txt" "$stamp"; then
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$root/scripts/requirements-torch.txt"
-  cp "$root/scripts/requirements-torch.txt" "$stamp"
-fi
+# shellcheck source=torch-venv.sh
+source "$root/scripts/torch-venv.sh"
 work=${1:-"$root/target/check-pth"}
 rm -rf "$work"
 mkdir -p "$work"
@@ -28,4 +21,4 @@ bin="$root/target/release/retrain-inception"
 "$bin" convert --output "$work/seeded.pth"
 "$bin" convert --num-classes 10 --seed 3 --output "$work/seeded10.pth"
 "$bin" convert --weights "$work/seeded.pth" --output "$work/seeded.safetensors"
-"$venv/bin/python" scripts/check_pth.py "$work"
+"$py" scripts/check_pth.py "$work"

@@ -7,16 +7,8 @@
 # side, against the committed references).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-venv="$root/target/torch-venv"
-stamp="$venv/.requirements-torch.txt"
-if [ ! -x "$venv/bin/python" ]; then
-  "${PYTHON:-python3}" -m venv "$venv"
-fi
-if ! cmp -s "$root/scripts/requirements-torch.txt" "$stamp"; then
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$root/scripts/requirements-torch.txt"
-  cp "$root/scripts/requirements-torch.txt" "$stamp"
-fi
-py="$venv/bin/python"
+# shellcheck source=torch-venv.sh
+source "$root/scripts/torch-venv.sh"
 work="$root/target/inception-parity"
 fixtures="$root/crates/retrain-inception/tests/fixtures"
 cd "$root"
