@@ -272,11 +272,20 @@ impl Chain {
     pub(crate) fn kill_after(mut self, delay: Duration) -> bool {
         std::thread::sleep(delay);
         let running = matches!(self.child.try_wait(), Ok(None));
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.pid)])
+        // The shell's own kill (no procps needed); a negative pid names the process group.
+        let _ = Command::new("sh")
+            .args(["-c", "kill -s KILL -- -\"$0\"", &self.pid.to_string()])
             .stderr(Stdio::null())
             .status();
-        let _ = self.child.wait();
+        let status = self.child.wait().expect("the chain is reaped");
+        if running {
+            use std::os::unix::process::ExitStatusExt as _;
+            // It may have finished between the check and the kill; otherwise the kill took.
+            assert!(
+                status.signal() == Some(9) || status.success(),
+                "the chain was not killed: {status}"
+            );
+        }
         running
     }
 }
