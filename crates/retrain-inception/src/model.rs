@@ -7,7 +7,8 @@ use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Init, Linear, 
 use rand::{Rng as _, SeedableRng as _};
 use rand_chacha::ChaCha8Rng;
 
-use crate::ops::{Pool2d, batch_norm_train, conv2d, pad2d};
+use crate::conv::{conv2d, conv2d_bias_relu};
+use crate::ops::{Pool2d, batch_norm_train};
 
 /// Batch-norm epsilon of every `BasicConv2d` (torchvision and the TF original).
 pub const BN_EPS: f64 = 1e-3;
@@ -48,7 +49,7 @@ impl Default for Config {
 pub struct BasicConv2d {
     conv: Conv2d,
     bn: BatchNorm,
-    /// Zero padding (rows, columns) applied before `conv` when the two differ.
+    /// Zero padding (rows, columns).
     pad: (usize, usize),
 }
 
@@ -66,9 +67,9 @@ impl BasicConv2d {
         let weight =
             vb.pp("conv")
                 .get_with_hints((c_out, c_in, kh, kw), "weight", Init::Const(0.0))?;
-        let symmetric = ph == pw;
+        // `conv` holds the kernel and stride; the padding, which may differ per axis, is `pad`.
         let cfg = Conv2dConfig {
-            padding: if symmetric { ph } else { 0 },
+            padding: 0,
             stride,
             ..Default::default()
         };
@@ -80,8 +81,11 @@ impl BasicConv2d {
             momentum: bn_momentum,
         };
         let bn = candle_nn::batch_norm(c_out, bn_cfg, vb.pp("bn"))?;
-        let pad = if symmetric { (0, 0) } else { (ph, pw) };
-        Ok(Self { conv, bn, pad })
+        Ok(Self {
+            conv,
+            bn,
+            pad: (ph, pw),
+        })
     }
 
     fn square(vb: VarBuilder, m: f64, c_in: usize, c_out: usize, k: usize) -> Result<Self> {
@@ -107,21 +111,9 @@ impl BasicConv2d {
 
 impl ModuleT for BasicConv2d {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let xs = if self.pad == (0, 0) {
-            xs.clone()
-        } else {
-            pad2d(xs, self.pad.0, self.pad.1)?
-        };
+        let stride = self.conv.config().stride;
         if train {
-            let cfg = self.conv.config();
-            // Strided convolutions whose input needs a gradient keep candle's backward: a
-            // convolution over the dilated gradient does stride² times the work.
-            let ours = cfg.stride == 1 || !xs.track_op();
-            let ys = if ours && cfg.dilation == 1 && cfg.groups == 1 {
-                conv2d(&xs, self.conv.weight(), cfg.padding, cfg.stride)?
-            } else {
-                xs.apply(&self.conv)?
-            };
+            let ys = conv2d(xs, self.conv.weight(), self.pad, stride)?;
             return match self.bn.weight_and_bias() {
                 Some((gamma, beta)) => match batch_norm_train(&ys, gamma, beta, self.bn.eps())? {
                     Some((ys, mean, var)) => {
@@ -133,11 +125,13 @@ impl ModuleT for BasicConv2d {
                 None => ys.apply_t(&self.bn, true)?.relu(),
             };
         }
-        // Eval mode: fold the batch norm into the conv (w·γ/√(var+ε), then one bias add), two
-        // passes over the activations instead of five. The statistics are detached, as in candle's
-        // own eval path, so no gradient reaches them.
+        // Eval mode: the batch norm folded into the convolution (w·γ/√(var+ε) and one bias), the
+        // bias and the ReLU applied in the same pass over the output. The statistics are
+        // detached, as in candle's own eval path, so no gradient reaches them.
         let Some((gamma, beta)) = self.bn.weight_and_bias() else {
-            return xs.apply(&self.conv)?.apply_t(&self.bn, false)?.relu();
+            return conv2d(xs, self.conv.weight(), self.pad, stride)?
+                .apply_t(&self.bn, false)?
+                .relu();
         };
         let c_out = gamma.dim(0)?;
         let scale = (gamma / (self.bn.running_var().detach() + self.bn.eps())?.sqrt()?)?;
@@ -146,10 +140,7 @@ impl ModuleT for BasicConv2d {
             .conv
             .weight()
             .broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?;
-        let cfg = self.conv.config();
-        xs.conv2d(&weight, cfg.padding, cfg.stride, cfg.dilation, cfg.groups)?
-            .broadcast_add(&shift.reshape((1, c_out, 1, 1))?)?
-            .relu()
+        conv2d_bias_relu(xs, &weight, &shift, self.pad, stride)
     }
 }
 

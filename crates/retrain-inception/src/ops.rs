@@ -11,11 +11,10 @@
 //! - [`batch_norm_train`]: training-mode batch normalisation over N×C×H×W on the CPU as one
 //!   [`CustomOp3`] (input, γ, β) with a fused backward, statistics accumulated in f64 (candle's
 //!   own composes nine ops with transposed copies and f32 sums).
-//! - [`conv2d`]: a convolution whose input gradient is itself a convolution (of the dilated,
-//!   padded output gradient with the flipped, transposed kernel), run by candle's fast tiled
-//!   im2col kernel instead of its direct-loop `conv_transpose2d`.
 //! - [`pad2d`]: per-axis zero padding (`pad_with_zeros` per dimension; differentiable, as candle
-//!   implements it with `cat`), for the 1×7, 7×1, 1×3 and 3×1 convolutions.
+//!   implements it with `cat`).
+//!
+//! Convolutions are in [`crate::conv`].
 
 use candle_core::backend::BackendStorage as _;
 use candle_core::{
@@ -643,116 +642,5 @@ impl CustomOp3 for BatchNormTrainBackward {
             _ => bail!("batch norm backward: mismatched or unsupported dtypes"),
         };
         Ok((out, Shape::from(len)))
-    }
-}
-
-/// A dilation-1 convolution with symmetric `padding` and any `stride` on the CPU, values as
-/// candle's `conv2d`, with a backward pass built from forward convolutions (candle's tiled
-/// im2col kernel) instead of candle's direct-loop `conv_transpose2d`: the input gradient is
-/// `conv2d(pad(dilate(dy, stride), k − 1 − p), flip(w)ᵀ)`, skipped when the input needs none (the
-/// image); the kernel gradient is candle's own formula. Elsewhere, or for other dtypes, it is
-/// plain `conv2d`.
-pub fn conv2d(xs: &Tensor, kernel: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
-    let (_, _, kh, kw) = kernel.dims4()?;
-    if !matches!(xs.device(), Device::Cpu)
-        || !matches!(xs.dtype(), DType::F32 | DType::F64)
-        || padding >= kh.min(kw)
-        || stride == 0
-    {
-        return xs.conv2d(kernel, padding, stride, 1, 1);
-    }
-    xs.contiguous()?
-        .apply_op2(&kernel.contiguous()?, Conv2dOp { padding, stride })
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Conv2dOp {
-    padding: usize,
-    stride: usize,
-}
-
-fn to_tensor<T: candle_core::WithDType>(data: &[T], layout: &Layout) -> Result<Tensor> {
-    Tensor::from_slice(
-        contiguous(data, layout, "conv input")?,
-        layout.dims(),
-        &Device::Cpu,
-    )
-}
-
-/// Inserts `stride − 1` zeros between the elements of `dim`.
-fn dilate(xs: &Tensor, dim: usize, stride: usize) -> Result<Tensor> {
-    if stride == 1 {
-        return Ok(xs.clone());
-    }
-    let len = xs.dim(dim)?;
-    let spread = xs
-        .unsqueeze(dim + 1)?
-        .pad_with_zeros(dim + 1, 0, stride - 1)?;
-    let mut dims = xs.dims().to_vec();
-    dims[dim] = len * stride;
-    spread.reshape(dims)?.narrow(dim, 0, (len - 1) * stride + 1)
-}
-
-impl CustomOp2 for Conv2dOp {
-    fn name(&self) -> &'static str {
-        "inception-conv2d"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (x, w) = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(w)) => (to_tensor(x, l1)?, to_tensor(w, l2)?),
-            (CpuStorage::F64(x), CpuStorage::F64(w)) => (to_tensor(x, l1)?, to_tensor(w, l2)?),
-            _ => bail!("conv2d: mismatched or unsupported dtypes"),
-        };
-        let y = x.conv2d(&w, self.padding, self.stride, 1, 1)?;
-        let shape = y.shape().clone();
-        let y = y.flatten_all()?;
-        let out = match y.dtype() {
-            DType::F32 => CpuStorage::F32(y.to_vec1()?),
-            _ => CpuStorage::F64(y.to_vec1()?),
-        };
-        Ok((out, shape))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (_, _, h, wd) = x.dims4()?;
-        let (_, _, kh, kw) = w.dims4()?;
-        let (p, s) = (self.padding, self.stride);
-        let dx = if x.track_op() {
-            let w_t = w.flip(&[2, 3])?.transpose(0, 1)?.contiguous()?;
-            let dy_d = dilate(&dilate(dy, 2, s)?, 3, s)?;
-            // Rows and columns the strided forward never reached get a zero gradient.
-            let (dh, dw) = (dy_d.dim(2)?, dy_d.dim(3)?);
-            let extra_h = (h + 2 * p + 1 - kh) - dh;
-            let extra_w = (wd + 2 * p + 1 - kw) - dw;
-            let padded = dy_d
-                .pad_with_zeros(2, kh - 1 - p, kh - 1 - p + extra_h)?
-                .pad_with_zeros(3, kw - 1 - p, kw - 1 - p + extra_w)?;
-            Some(padded.conv2d(&w_t, 0, 1, 1, 1)?)
-        } else {
-            None
-        };
-        let dw = x
-            .transpose(0, 1)?
-            .conv2d(&dy.transpose(0, 1)?, p, 1, s, 1)?
-            .transpose(0, 1)?;
-        let dw = if dw.dim(2)? != kh || dw.dim(3)? != kw {
-            dw.narrow(2, 0, kh)?.narrow(3, 0, kw)?
-        } else {
-            dw
-        };
-        Ok((dx, Some(dw)))
     }
 }

@@ -242,35 +242,88 @@ fn fused_batch_norm_matches_candle_and_finite_differences() {
 
 #[test]
 fn convolution_gradients_match_finite_differences() {
-    use retrain_inception::ops::conv2d;
+    use retrain_inception::conv::conv2d;
     let cases = [
-        (3, 3, 1, 1),
-        (1, 1, 0, 1),
-        (5, 5, 2, 1),
-        (3, 3, 0, 1),
-        (1, 7, 0, 1),
-        (3, 3, 0, 2),
-        (3, 3, 1, 2),
-        (1, 1, 0, 2),
+        (3, 3, (1, 1), 1),
+        (1, 1, (0, 0), 1),
+        (5, 5, (2, 2), 1),
+        (3, 3, (0, 0), 1),
+        (1, 7, (0, 3), 1),
+        (7, 1, (3, 0), 1),
+        (3, 3, (0, 0), 2),
+        (3, 3, (1, 1), 2),
+        (1, 1, (0, 0), 2),
+        (3, 1, (1, 0), 2),
     ];
-    for (kh, kw, p, s) in cases {
+    for (kh, kw, (ph, pw), s) in cases {
         let kernel = input(&[3, 2, kh, kw], 31);
-        for (h, w) in [(7, 9), (8, 8)] {
-            let xs = input(&[2, 2, h, w], 32);
-            let got = conv2d(&xs, &kernel, p, s).unwrap();
-            let want = xs.conv2d(&kernel, p, s, 1, 1).unwrap();
-            let d = (got - want)
+        // One image (GEMMs parallel) and three (images spread over the threads).
+        for (n, h, w) in [(1, 7, 9), (3, 8, 8)] {
+            let xs = input(&[n, 2, h, w], 32);
+            let got = conv2d(&xs, &kernel, (ph, pw), s).unwrap();
+            let want = pad2d(&xs, ph, pw)
                 .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
+                .conv2d(&kernel, 0, s, 1, 1)
                 .unwrap();
-            assert!(d.to_scalar::<f64>().unwrap() < 1e-12);
-            let what = format!("{kh}×{kw} p{p} s{s} on {h}×{w}");
-            check_gradient(&|x| conv2d(x, &kernel, p, s).unwrap(), &[2, 2, h, w], &what);
-            check_gradient(&|k| conv2d(&xs, k, p, s).unwrap(), &[3, 2, kh, kw], &what);
+            assert!(max_diff(&got, &want) < 1e-12);
+            let what = format!("{kh}×{kw} p({ph},{pw}) s{s} on {n}×{h}×{w}");
+            check_gradient(
+                &|x| conv2d(x, &kernel, (ph, pw), s).unwrap(),
+                &[n, 2, h, w],
+                &what,
+            );
+            check_gradient(
+                &|k| conv2d(&xs, k, (ph, pw), s).unwrap(),
+                &[3, 2, kh, kw],
+                &what,
+            );
         }
     }
+}
+
+#[test]
+fn the_fused_convolution_bias_and_relu_matches_its_parts_values_and_gradients() {
+    use retrain_inception::conv::{conv2d, conv2d_bias_relu};
+    let kernel = input(&[3, 2, 3, 1], 41);
+    let bias = input(&[3], 42);
+    for n in [1, 3] {
+        let xs = input(&[n, 2, 7, 6], 43);
+        let got = conv2d_bias_relu(&xs, &kernel, &bias, (1, 0), 2).unwrap();
+        let want = conv2d(&xs, &kernel, (1, 0), 2)
+            .unwrap()
+            .broadcast_add(&bias.reshape((1, 3, 1, 1)).unwrap())
+            .unwrap()
+            .relu()
+            .unwrap();
+        assert!(max_diff(&got, &want) < 1e-12);
+        let what = format!("fused, batch {n}");
+        check_gradient(
+            &|x| conv2d_bias_relu(x, &kernel, &bias, (1, 0), 2).unwrap(),
+            &[n, 2, 7, 6],
+            &what,
+        );
+        check_gradient(
+            &|k| conv2d_bias_relu(&xs, k, &bias, (1, 0), 2).unwrap(),
+            &[3, 2, 3, 1],
+            &what,
+        );
+        check_gradient(
+            &|b| conv2d_bias_relu(&xs, &kernel, b, (1, 0), 2).unwrap(),
+            &[3],
+            &what,
+        );
+    }
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
 }
