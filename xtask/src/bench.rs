@@ -37,7 +37,7 @@ pub(crate) struct BenchArgs {
     /// at 75, 139 and 299 pixels, `--runs` times each).
     #[arg(long, value_name = "GROUP", value_parser = ["stages", "sort", "inception", "tfrecord", "train"])]
     only: Option<String>,
-    /// Batch of the Inception-v3 training-step case (about 7 GiB of memory at 32).
+    /// Batch of the Inception-v3 training-step case at 299×299.
     #[arg(long, default_value_t = 32)]
     inception_train_batch: usize,
 }
@@ -355,7 +355,6 @@ fn sort(args: &BenchArgs) -> anyhow::Result<()> {
             }),
         ),
     ];
-    let gnu_time = Path::new("/usr/bin/time");
     let outputs = work.join("out");
     remove(&outputs)?;
     std::fs::create_dir_all(&outputs)?;
@@ -364,30 +363,15 @@ fn sort(args: &BenchArgs) -> anyhow::Result<()> {
     for run in 0..args.runs {
         for (idx, (name, _, build)) in cases.iter().enumerate() {
             let out = outputs.join(format!("{idx}-{run}"));
-            let mut cmd = build(&out);
             let rss_file = outputs.join(format!("{idx}-{run}.rss"));
-            if gnu_time.exists() {
-                let mut timed = Command::new(gnu_time);
-                timed.args(["-f", "%M", "-o"]).arg(&rss_file);
-                timed.arg(cmd.get_program()).args(cmd.get_args());
-                for (key, value) in cmd.get_envs() {
-                    if let Some(value) = value {
-                        timed.env(key, value);
-                    }
-                }
-                cmd = timed;
-            }
+            let mut cmd = with_peak_rss(build(&out), &rss_file);
             // Flush what the previous run wrote, so that its write-back is not timed here.
             run_checked(&mut Command::new("sync"))?;
             let start = Instant::now();
             run_checked(&mut cmd)?;
             let elapsed = start.elapsed();
             times[idx].push(elapsed);
-            if let Ok(text) = std::fs::read_to_string(&rss_file) {
-                let kib: u64 = text
-                    .trim()
-                    .parse()
-                    .with_context(|| format!("{}: {text:?}", rss_file.display()))?;
+            if let Some(kib) = read_peak_kib(&rss_file)? {
                 peaks[idx] = Some(peaks[idx].map_or(kib, |p| p.max(kib)));
             }
             eprintln!("bench: sort / {name}: {:.2} s", elapsed.as_secs_f64());
@@ -447,21 +431,17 @@ sort: {images} images ({} per batch) into PNG class folders, {} runs each, media
     remove(&outputs)
 }
 
-/// Inception-v3 on the CPU: eval forward images/s at 299×299 and 139×139 (batch 32) and one
-/// training step (forward with aux head, cross-entropy, backward) at 299×299, ours
-/// (`retrain-inception bench`) against torchvision with 2 threads (`scripts/inception_parity.py
-/// bench`, from the venv that `scripts/inception-parity.sh` makes) where it is installed.
+/// Inception-v3 on the CPU, ours against PyTorch side by side: eval forward passes (bottleneck
+/// extraction) and full training steps (forward, backward, SGD update) at 299×299 and 139×139,
+/// batch 32: `retrain-inception bench --size S --batch B --mode forward|train --steps N` against
+/// `scripts/inception_parity.py bench` (torchvision, 2 threads) from the venv that
+/// `scripts/torch-venv.sh` makes, where it is installed. Peak memory is each process's largest
+/// resident set, from GNU `/usr/bin/time` where there is one.
 fn inception(args: &BenchArgs) -> anyhow::Result<()> {
     let root = workspace_root();
     let status = cargo()
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "--locked",
-            "-p",
-            "retrain-inception",
-        ])
+        .args(["build", "--quiet", "--release", "--locked"])
+        .args(["-p", "retrain-inception"])
         .status()?;
     if !status.success() {
         bail!("building retrain-inception failed");
@@ -475,56 +455,118 @@ fn inception(args: &BenchArgs) -> anyhow::Result<()> {
             python.display()
         );
     }
+    let work = args
+        .workdir
+        .clone()
+        .unwrap_or_else(|| root.join("target/bench"))
+        .join("inception");
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let rss_file = work.join("rss");
     let train_batch = args.inception_train_batch.to_string();
-    let cases: [(&str, &str, &str, bool); 3] = [
-        ("299", "32", "1", false),
-        ("139", "32", "2", false),
-        ("299", train_batch.as_str(), "1", true),
+    // (mode, size, batch, timed steps)
+    let cases = [
+        ("forward", "299", "32", "2"),
+        ("forward", "139", "32", "3"),
+        ("train", "299", train_batch.as_str(), "1"),
+        ("train", "139", "32", "2"),
     ];
-    let rate = |cmd: &mut Command| -> anyhow::Result<(String, f64)> {
-        let text = stdout_of(cmd)?;
-        let line = text
+    // images/s and peak KiB of one run.
+    let measure = |cmd: Command| -> anyhow::Result<(f64, Option<u64>)> {
+        remove(&rss_file)?;
+        let text = stdout_of(&mut with_peak_rss(cmd, &rss_file))?;
+        let rate = text
             .lines()
-            .find_map(|l| l.strip_prefix("bench\t"))
-            .with_context(|| format!("{cmd:?} printed no bench line"))?;
-        let (case, value) = line.rsplit_once('\t').context("malformed bench line")?;
-        Ok((case.to_owned(), value.parse()?))
+            .find_map(|l| l.strip_prefix("images_per_sec="))
+            .context("no images_per_sec= line")?
+            .trim()
+            .parse()?;
+        Ok((rate, read_peak_kib(&rss_file)?))
     };
     let mut rows = Vec::new();
-    for (size, batch, iters, train) in cases {
+    for (mode, size, batch, steps) in cases {
+        let case = format!("{mode} {size}×{size}, batch {batch}");
         let mut ours = Command::new(&ours_bin);
-        ours.args(["bench", "--size", size, "--batch", batch, "--iters", iters]);
-        let mut theirs = Command::new(&python);
-        theirs.arg(root.join("scripts/inception_parity.py"));
-        theirs.args(["bench", size, batch, iters]);
-        if train {
-            ours.arg("--train");
-            theirs.arg("train");
-        }
-        let (case, ours_rate) = rate(&mut ours)?;
-        eprintln!("bench: inception / {case}: {ours_rate:.2} images/s");
-        let torch_rate = if torch {
-            Some(rate(&mut theirs)?.1)
+        ours.args(["bench", "--size", size, "--batch", batch, "--mode", mode])
+            .args(["--steps", steps])
+            .env("RUST_LOG", "warn");
+        let ours = measure(ours)?;
+        eprintln!("bench: inception / {case}: {:.2} images/s", ours.0);
+        let theirs = if torch {
+            let mut cmd = Command::new(&python);
+            cmd.arg(root.join("scripts/inception_parity.py"))
+                .args(["bench", size, batch, steps]);
+            if mode == "train" {
+                cmd.arg("train");
+            }
+            let theirs = measure(cmd)?;
+            eprintln!(
+                "bench: inception / {case}, PyTorch: {:.2} images/s",
+                theirs.0
+            );
+            Some(theirs)
         } else {
             None
         };
-        rows.push((case, ours_rate, torch_rate));
+        rows.push((case, ours, theirs));
     }
+    let gib = |kib: Option<u64>| {
+        kib.map_or("–".to_owned(), |k| {
+            format!("{:.1} GiB", k as f64 / 1048576.0)
+        })
+    };
     let mut out = std::io::stdout().lock();
-    writeln!(out, "\nInception-v3 on the CPU (f32), images per second\n")?;
     writeln!(
         out,
-        "| case | retrain-inception | PyTorch (2 threads) | ours / PyTorch |"
+        "\nInception-v3 on the CPU (f32, 2 threads), images per second\n"
     )?;
-    writeln!(out, "|---|---:|---:|---:|")?;
-    for (case, ours_rate, torch_rate) in rows {
-        let (theirs, ratio) = match torch_rate {
-            Some(t) => (format!("{t:.2}"), format!("{:.2}×", ours_rate / t)),
-            None => ("not installed".to_owned(), "–".to_owned()),
+    writeln!(
+        out,
+        "| case | retrain-inception | PyTorch | ours / PyTorch | peak memory, ours | PyTorch |"
+    )?;
+    writeln!(out, "|---|---:|---:|---:|---:|---:|")?;
+    for (case, (ours, ours_kib), theirs) in rows {
+        let (rate, ratio, kib) = match theirs {
+            Some((t, kib)) => (format!("{t:.2}"), format!("{:.2}×", ours / t), kib),
+            None => ("not installed".to_owned(), "–".to_owned(), None),
         };
-        writeln!(out, "| {case} | {ours_rate:.2} | {theirs} | {ratio} |")?;
+        writeln!(
+            out,
+            "| {case} | {ours:.2} | {rate} | {ratio} | {} | {} |",
+            gib(ours_kib),
+            gib(kib)
+        )?;
     }
     Ok(())
+}
+
+/// `cmd` run under GNU `/usr/bin/time`, which writes its peak resident set (KiB) to `rss_file`;
+/// `cmd` itself where there is no GNU time.
+fn with_peak_rss(cmd: Command, rss_file: &Path) -> Command {
+    let gnu_time = Path::new("/usr/bin/time");
+    if !gnu_time.exists() {
+        return cmd;
+    }
+    let mut timed = Command::new(gnu_time);
+    timed.args(["-f", "%M", "-o"]).arg(rss_file);
+    timed.arg(cmd.get_program()).args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        if let Some(value) = value {
+            timed.env(key, value);
+        }
+    }
+    timed
+}
+
+/// The peak KiB that [`with_peak_rss`] recorded, if it did.
+fn read_peak_kib(rss_file: &Path) -> anyhow::Result<Option<u64>> {
+    match std::fs::read_to_string(rss_file) {
+        Ok(text) => {
+            Ok(Some(text.trim().parse().with_context(|| {
+                format!("{}: {text:?}", rss_file.display())
+            })?))
+        }
+        Err(_) => Ok(None),
+    }
 }
 
 /// `build_image_data.py`'s work on a CIFAR-10-sized tree of 32×32 PNGs (`make_image_tree`, the
@@ -608,7 +650,6 @@ fn tfrecord(args: &BenchArgs) -> anyhow::Result<()> {
              (python3 -m venv target/tf-venv && target/tf-venv/bin/pip install tensorflow-cpu)"
         );
     }
-    let gnu_time = Path::new("/usr/bin/time");
     let outputs = work.join("out");
     let mut times = vec![Vec::new(); cases.len()];
     let mut peaks: Vec<Option<u64>> = vec![None; cases.len()];
@@ -619,20 +660,15 @@ fn tfrecord(args: &BenchArgs) -> anyhow::Result<()> {
             // in the page cache, and our shard syncs would otherwise write them out too.
             run_checked(&mut Command::new("sync"))?;
             let rss_file = work.join("rss");
-            let mut cmd = if gnu_time.exists() {
-                let mut timed = Command::new(gnu_time);
-                timed.args(["-f", "%M", "-o"]).arg(&rss_file);
-                timed.arg(base.get_program());
-                timed
-            } else {
-                Command::new(base.get_program())
-            };
-            cmd.args(base.get_args()).arg(&outputs);
+            remove(&rss_file)?;
+            let mut run = Command::new(base.get_program());
+            run.args(base.get_args()).arg(&outputs);
             for (key, value) in base.get_envs() {
                 if let Some(value) = value {
-                    cmd.env(key, value);
+                    run.env(key, value);
                 }
             }
+            let mut cmd = with_peak_rss(run, &rss_file);
             cmd.stdout(std::process::Stdio::null());
             // Flush what the previous run wrote, so that its write-back is not timed here.
             run_checked(&mut Command::new("sync"))?;
@@ -640,11 +676,7 @@ fn tfrecord(args: &BenchArgs) -> anyhow::Result<()> {
             run_checked(&mut cmd)?;
             let elapsed = start.elapsed();
             times[idx].push(elapsed);
-            if let Ok(text) = std::fs::read_to_string(&rss_file) {
-                let kib: u64 = text
-                    .trim()
-                    .parse()
-                    .with_context(|| format!("{}: {text:?}", rss_file.display()))?;
+            if let Some(kib) = read_peak_kib(&rss_file)? {
                 peaks[idx] = Some(peaks[idx].map_or(kib, |p| p.max(kib)));
             }
             eprintln!("bench: tfrecord / {name}: {:.2} s", elapsed.as_secs_f64());
@@ -754,7 +786,6 @@ fn train(args: &BenchArgs) -> anyhow::Result<()> {
         bail!("building retrain-train-bench failed");
     }
     let bin = root.join("target/release/retrain-train-bench");
-    let gnu_time = Path::new("/usr/bin/time");
     let scratch = work.join("scratch");
     let rss_file = work.join("rss");
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
@@ -778,17 +809,12 @@ fn train(args: &BenchArgs) -> anyhow::Result<()> {
         for _ in 0..args.runs {
             remove(&scratch)?;
             remove(&rss_file)?;
-            let mut cmd = if gnu_time.exists() {
-                let mut timed = Command::new(gnu_time);
-                timed.args(["-f", "%M", "-o"]).arg(&rss_file).arg(&bin);
-                timed
-            } else {
-                Command::new(&bin)
-            };
-            cmd.args(case_args.split_whitespace())
+            let mut run = Command::new(&bin);
+            run.args(case_args.split_whitespace())
                 .arg("--work")
                 .arg(&scratch)
                 .env("RUST_LOG", "warn");
+            let mut cmd = with_peak_rss(run, &rss_file);
             let text = stdout_of(&mut cmd)?;
             let (line_kind, values) = parse_bench_line(&text, subcommand)
                 .with_context(|| format!("{cmd:?} printed no `{subcommand} …` line"))?;
@@ -810,11 +836,7 @@ fn train(args: &BenchArgs) -> anyhow::Result<()> {
                 ),
                 _ => (get("images_per_sec")?, None),
             };
-            if let Ok(text) = std::fs::read_to_string(&rss_file) {
-                let kib: u64 = text
-                    .trim()
-                    .parse()
-                    .with_context(|| format!("{}: {text:?}", rss_file.display()))?;
+            if let Some(kib) = read_peak_kib(&rss_file)? {
                 peak = Some(peak.map_or(kib, |p| p.max(kib)));
             }
             eprintln!("bench: train / {label}: {seconds:.2} s, {rate:.2} images/s");

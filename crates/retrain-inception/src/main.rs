@@ -10,6 +10,10 @@ use candle_core::{DType, Device, Tensor};
 use clap::{Parser, Subcommand};
 use retrain_inception::{Config, Model, STAGES};
 
+/// Reuses freed tensors' memory (see the workspace Cargo.toml).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Inception-v3 with torchvision/timm names: forward passes, summaries, checkpoint conversion.
 #[derive(Debug, Parser)]
 #[command(version)]
@@ -39,6 +43,12 @@ struct ModelArgs {
     seed: u64,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BenchMode {
+    Forward,
+    Train,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the model in eval mode on `input` (N×3×H×W f32 in [-1, 1], H, W ≥ 75) from a
@@ -64,9 +74,12 @@ enum Command {
         #[arg(long, default_value_t = 299)]
         size: usize,
     },
-    /// Time eval forward passes (no gradient) or training steps (forward in training mode with the
-    /// aux head where the size allows, cross-entropy, backward; no optimizer update) on random
-    /// inputs; prints `bench<TAB>case<TAB>images per second` on stdout.
+    /// Time the model on random inputs (seeded weights, 1000 classes) and print one line,
+    /// `images_per_sec=X`, on stdout, over --steps timed steps after one untimed warm-up.
+    /// `forward`: eval-mode forward passes (bottleneck extraction). `train`: full training
+    /// steps: forward in training mode (with the aux head where the size allows, weighted 0.4),
+    /// cross-entropy, backward, and a plain SGD update (lr 0.01), as
+    /// `scripts/inception_parity.py bench` does with PyTorch.
     Bench {
         /// Input height and width.
         #[arg(long, default_value_t = 299)]
@@ -74,12 +87,12 @@ enum Command {
         /// Images per batch.
         #[arg(long, default_value_t = 32)]
         batch: usize,
-        /// Timed iterations (after one untimed warm-up).
+        /// What to time.
+        #[arg(long, value_enum, default_value_t = BenchMode::Forward)]
+        mode: BenchMode,
+        /// Timed steps (after one untimed warm-up).
         #[arg(long, default_value_t = 2)]
-        iters: usize,
-        /// Time training steps instead of eval forward passes.
-        #[arg(long)]
-        train: bool,
+        steps: usize,
     },
     /// Load weights (re-creating the classifier for --num-classes), or seed a fresh model without
     /// --weights, and write them with torchvision names, loadable by torchvision and timm: as a
@@ -113,9 +126,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         Command::Bench {
             size,
             batch,
-            iters,
-            train,
-        } => bench(&device, size, batch, iters, train),
+            mode,
+            steps,
+        } => bench(&device, size, batch, steps, mode),
         Command::Convert { model, output } => {
             let model = build(&model, &device)?;
             let pth = output.extension().is_some_and(|ext| {
@@ -238,12 +251,16 @@ fn bench(
     device: &Device,
     size: usize,
     batch: usize,
-    iters: usize,
-    train: bool,
+    steps: usize,
+    mode: BenchMode,
 ) -> anyhow::Result<()> {
-    if iters == 0 || batch == 0 {
-        bail!("--iters and --batch must be at least 1");
+    if steps == 0 || batch == 0 {
+        bail!("--steps and --batch must be at least 1");
     }
+    if size < retrain_inception::MIN_INPUT {
+        bail!("--size must be at least {}", retrain_inception::MIN_INPUT);
+    }
+    let train = mode == BenchMode::Train;
     let cfg = Config {
         num_classes: 1000,
         aux_logits: size >= retrain_inception::MIN_AUX_INPUT,
@@ -262,15 +279,15 @@ fn bench(
         batch,
         device,
     )?;
-    let step = || -> anyhow::Result<()> {
+    let mut sgd = <candle_nn::SGD as candle_nn::Optimizer>::new(model.varmap().all_vars(), 0.01)?;
+    let mut step = || -> anyhow::Result<()> {
         if train {
             let (logits, aux) = model.net().forward_with_aux(&xs, true)?;
             let mut loss = candle_nn::loss::cross_entropy(&logits, &targets)?;
             if let Some(aux) = aux {
                 loss = (loss + (candle_nn::loss::cross_entropy(&aux, &targets)? * 0.4)?)?;
             }
-            let grads = loss.backward()?;
-            drop(grads);
+            candle_nn::Optimizer::backward_step(&mut sgd, &loss)?;
         } else {
             let logits = model.net().forward_with_aux(&xs, false)?.0;
             logits.to_device(&Device::Cpu)?;
@@ -279,19 +296,16 @@ fn bench(
     };
     step()?;
     let start = std::time::Instant::now();
-    for _ in 0..iters {
+    for _ in 0..steps {
         step()?;
     }
     let seconds = start.elapsed().as_secs_f64();
-    let case = format!(
-        "{} {size}x{size} batch {batch}",
-        if train { "train step" } else { "forward" }
-    );
+    tracing::info!("{mode:?} at {size}×{size}, batch {batch}: {steps} steps in {seconds:.2} s");
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "bench\t{case}\t{:.2}",
-        (batch * iters) as f64 / seconds
+        "images_per_sec={:.3}",
+        (batch * steps) as f64 / seconds
     )?;
     Ok(())
 }

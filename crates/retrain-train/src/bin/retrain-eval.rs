@@ -9,6 +9,10 @@ use clap::Parser;
 use retrain_stage::cli::{ProgressBar, exit_code, init_logging};
 use retrain_train::eval;
 
+/// Reuses freed tensors' memory (see the workspace Cargo.toml).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Evaluate a trained run on the validation-* TFRecord shards.
 ///
 /// Runs the exported model (RUN/model.safetensors) in eval mode over exactly the N validation

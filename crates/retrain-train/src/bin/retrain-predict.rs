@@ -9,6 +9,10 @@ use clap::Parser;
 use retrain_stage::cli::{exit_code, init_logging};
 use retrain_train::{eval, predict};
 
+/// Reuses freed tensors' memory (see the workspace Cargo.toml).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Print the most probable classes of each IMAGE (PNG or JPEG, any size).
 ///
 /// Uses RUN/model.safetensors, RUN/model.json (the input size) and RUN/labels.txt, with the

@@ -19,6 +19,10 @@ use retrain_train::{
     train::{self, Trainable},
 };
 
+/// Reuses freed tensors' memory (see the workspace Cargo.toml).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Measure the training stage: head training on cached bottlenecks, bottleneck extraction, and
 /// full training steps. Each prints one `key=value` line on stdout. Inputs are generated: random
 /// class-dependent 32×32 JPEGs in TFRecord shards (as CIFAR through build_image_data.py), or

@@ -12,6 +12,10 @@ use retrain_train::{
     train::{self, Init, Outcome, Trainable},
 };
 
+/// Reuses freed tensors' memory (see the workspace Cargo.toml).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Fine-tune Inception-v3 on the TFRecord shards of build_image_data.py (or retrain-tfrecord).
 ///
 /// `--trainable head` (the retrain.py way, the default): the backbone is frozen; each training
