@@ -25,6 +25,7 @@ use candle_nn::{VarBuilder, VarMap};
 use rand::{Rng as _, SeedableRng as _};
 use rand_chacha::ChaCha8Rng;
 
+pub mod alloc;
 pub mod conv;
 pub mod counter;
 pub mod model;

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use clap::{Parser, Subcommand};
 use retrain_inception::{Config, Model, STAGES};
 
-/// Reuses freed tensors' memory (see the workspace Cargo.toml).
+/// Reuses freed tensors' memory ([`retrain_inception::alloc`]).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -108,6 +108,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    retrain_inception::alloc::keep_freed_memory();
     let args = Args::parse();
     retrain_stage::cli::init_logging(args.verbose);
     retrain_stage::cli::exit_code(run(args))

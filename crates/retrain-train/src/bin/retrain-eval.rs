@@ -9,7 +9,7 @@ use clap::Parser;
 use retrain_stage::cli::{ProgressBar, exit_code, init_logging};
 use retrain_train::eval;
 
-/// Reuses freed tensors' memory (see the workspace Cargo.toml).
+/// Reuses freed tensors' memory ([`retrain_inception::alloc`]).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -52,6 +52,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    retrain_inception::alloc::keep_freed_memory();
     let args = Args::parse();
     init_logging(args.verbose);
     exit_code(run(&args))

@@ -9,7 +9,7 @@ use clap::Parser;
 use retrain_stage::cli::{exit_code, init_logging};
 use retrain_train::{eval, predict};
 
-/// Reuses freed tensors' memory (see the workspace Cargo.toml).
+/// Reuses freed tensors' memory ([`retrain_inception::alloc`]).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -41,6 +41,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    retrain_inception::alloc::keep_freed_memory();
     let args = Args::parse();
     init_logging(args.verbose);
     exit_code(run(&args))

@@ -19,7 +19,7 @@ use retrain_train::{
     train::{self, Trainable},
 };
 
-/// Reuses freed tensors' memory (see the workspace Cargo.toml).
+/// Reuses freed tensors' memory ([`retrain_inception::alloc`]).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -78,6 +78,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    retrain_inception::alloc::keep_freed_memory();
     let args = Args::parse();
     init_logging(args.verbose);
     exit_code(run(&args))

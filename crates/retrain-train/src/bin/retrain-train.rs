@@ -12,7 +12,7 @@ use retrain_train::{
     train::{self, Init, Outcome, Trainable},
 };
 
-/// Reuses freed tensors' memory (see the workspace Cargo.toml).
+/// Reuses freed tensors' memory ([`retrain_inception::alloc`]).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -138,6 +138,7 @@ enum TrainableArg {
 }
 
 fn main() -> ExitCode {
+    retrain_inception::alloc::keep_freed_memory();
     let args = Args::parse();
     init_logging(args.verbose);
     let cancel = Arc::new(AtomicBool::new(false));
