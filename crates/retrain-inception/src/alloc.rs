@@ -6,7 +6,7 @@
 //! (`retrain-inception`, `retrain-train`, `retrain-eval`, `retrain-predict`, `retrain-train-bench`)
 //! use mimalloc instead:
 //!
-//! ```ignore
+//! ```text
 //! #[global_allocator]
 //! static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 //! ```

@@ -115,13 +115,15 @@ impl ModuleT for BasicConv2d {
         if train {
             let ys = conv2d(xs, self.conv.weight(), self.pad, stride)?;
             return match self.bn.weight_and_bias() {
-                Some((gamma, beta)) => match batch_norm_train(&ys, gamma, beta, self.bn.eps())? {
-                    Some((ys, mean, var)) => {
-                        self.update_running_stats(&mean, &var, &ys)?;
-                        ys.relu()
+                Some((gamma, beta)) => {
+                    match batch_norm_train(&ys, gamma, beta, self.bn.eps(), true)? {
+                        Some((out, mean, var)) => {
+                            self.update_running_stats(&mean, &var, &ys)?;
+                            Ok(out)
+                        }
+                        None => ys.apply_t(&self.bn, true)?.relu(),
                     }
-                    None => ys.apply_t(&self.bn, true)?.relu(),
-                },
+                }
                 None => ys.apply_t(&self.bn, true)?.relu(),
             };
         }

@@ -372,15 +372,19 @@ impl CustomOp2 for Pool2dBackward {
     }
 }
 
-/// Training-mode batch norm of an N×C×H×W tensor with batch statistics: returns the normalised,
-/// scaled and shifted output and the batch mean and biased variance per channel (C each, for the
-/// running statistics, detached). `None` where the fused CPU kernel does not apply (another
-/// device or dtype): use candle's batch norm there.
+/// Training-mode batch norm of an N×C×H×W tensor with batch statistics, followed by a ReLU when
+/// `relu`: returns the output and the batch mean and biased variance per channel (C each, for the
+/// running statistics, detached). The statistics are computed once (in f64) and serve the
+/// forward and backward passes; the ReLU is applied in the same pass as the normalisation and its
+/// gradient mask recomputed in the backward pass, so neither keeps a tensor of its own. `None`
+/// where the fused CPU kernel does not apply (another device or dtype): use candle's batch norm
+/// there.
 pub fn batch_norm_train(
     xs: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
     eps: f64,
+    relu: bool,
 ) -> Result<Option<(Tensor, Tensor, Tensor)>> {
     if !matches!(xs.device(), Device::Cpu)
         || !matches!(xs.dtype(), DType::F32 | DType::F64)
@@ -390,10 +394,13 @@ pub fn batch_norm_train(
         return Ok(None);
     }
     let xs = xs.contiguous()?;
-    let op = BatchNormTrain { eps };
-    let ys = xs.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
     let stats = xs.apply_op1_no_bwd(&BatchNormStats)?;
-    Ok(Some((ys, stats.get(0)?, stats.get(1)?)))
+    let (mean, var) = (stats.get(0)?, stats.get(1)?);
+    // γ, β, mean, var in one tensor: the gradient reaches γ and β through the concatenation; the
+    // statistics are detached (their effect on the input gradient is in the backward formula).
+    let params = Tensor::cat(&[gamma, beta, &mean, &var], 0)?;
+    let ys = xs.apply_op2(&params, BatchNormTrain { eps, relu })?;
+    Ok(Some((ys, mean, var)))
 }
 
 /// Per-channel (mean, biased variance) of a contiguous N×C×H×W slice, two-pass, in f64.
@@ -467,84 +474,106 @@ impl CustomOp1 for BatchNormStats {
 #[derive(Debug, Clone, Copy)]
 struct BatchNormTrain {
     eps: f64,
+    relu: bool,
+}
+
+/// Per channel: (scale, shift) of `y = x·scale + shift`, and 1/σ.
+fn affine<T: Float>(params: &[T], c: usize, eps: f64) -> Vec<(f64, f64, f64)> {
+    (0..c)
+        .map(|ch| {
+            let (g, b) = (params[ch].to_f64(), params[c + ch].to_f64());
+            let (mean, var) = (params[2 * c + ch].to_f64(), params[3 * c + ch].to_f64());
+            let inv_std = 1.0 / (var + eps).sqrt();
+            (g * inv_std, b - mean * g * inv_std, inv_std)
+        })
+        .collect()
 }
 
 impl BatchNormTrain {
-    fn forward<T: Float>(&self, x: &[T], g: &[T], b: &[T], dims: (usize, usize, usize)) -> Vec<T> {
-        let (n, c, hw) = dims;
-        let stats = channel_stats(x, n, c, hw);
+    fn forward<T: Float>(&self, x: &[T], params: &[T], dims: (usize, usize, usize)) -> Vec<T> {
+        let (_, c, hw) = dims;
+        let affine = affine(params, c, self.eps);
         let mut y = vec![T::ZERO; x.len()];
         y.par_chunks_mut(hw)
             .zip(x.par_chunks(hw))
             .enumerate()
             .for_each(|(plane, (y, x))| {
-                let ch = plane % c;
-                let (mean, var) = stats[ch];
-                let scale = g[ch].to_f64() / (var + self.eps).sqrt();
-                let shift = b[ch].to_f64() - mean * scale;
+                let (scale, shift, _) = affine[plane % c];
                 for (y, x) in y.iter_mut().zip(x) {
-                    *y = T::from_f64(x.to_f64() * scale + shift);
+                    let v = x.to_f64() * scale + shift;
+                    *y = T::from_f64(if self.relu && v <= 0.0 { 0.0 } else { v });
                 }
             });
         y
     }
 
-    /// dx, then dγ, then dβ, packed in one vector.
+    /// dx, then d(γ, β, mean, var) (zero for the detached statistics), packed in one vector.
     fn backward<T: Float>(
         &self,
         x: &[T],
-        g: &[T],
+        params: &[T],
         dy: &[T],
         dims: (usize, usize, usize),
     ) -> Vec<T> {
         let (n, c, hw) = dims;
         let count = (n * hw) as f64;
-        let stats = channel_stats(x, n, c, hw);
-        // Per channel: Σ dy and Σ dy·x̂.
+        let affine = affine(params, c, self.eps);
+        let mean = |ch: usize| params[2 * c + ch].to_f64();
+        // The gradient that reaches the normalisation: dy where the ReLU passed it.
+        let passed = |ch: usize, x: f64, dy: f64| {
+            let (scale, shift, _) = affine[ch];
+            if self.relu && x * scale + shift <= 0.0 {
+                0.0
+            } else {
+                dy
+            }
+        };
+        // Per channel: Σ dz and Σ dz·x̂.
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let (mean, var) = stats[ch];
-                let inv_std = 1.0 / (var + self.eps).sqrt();
-                let mut sum_dy = 0.0;
-                let mut sum_dy_xhat = 0.0;
+                let (m, inv_std) = (mean(ch), affine[ch].2);
+                let mut sum_dz = 0.0;
+                let mut sum_dz_xhat = 0.0;
                 for b in 0..n {
                     let range = (b * c + ch) * hw..(b * c + ch + 1) * hw;
                     for (x, dy) in x[range.clone()].iter().zip(&dy[range]) {
-                        let dy = dy.to_f64();
-                        sum_dy += dy;
-                        sum_dy_xhat += dy * (x.to_f64() - mean) * inv_std;
+                        let x = x.to_f64();
+                        let dz = passed(ch, x, dy.to_f64());
+                        sum_dz += dz;
+                        sum_dz_xhat += dz * (x - m) * inv_std;
                     }
                 }
-                (sum_dy, sum_dy_xhat)
+                (sum_dz, sum_dz_xhat)
             })
             .collect();
-        let mut out = vec![T::ZERO; x.len() + 2 * c];
-        let (dx, dgb) = out.split_at_mut(x.len());
+        let mut out = vec![T::ZERO; x.len() + 4 * c];
+        let (dx, dparams) = out.split_at_mut(x.len());
         dx.par_chunks_mut(hw)
             .zip(x.par_chunks(hw).zip(dy.par_chunks(hw)))
             .enumerate()
             .for_each(|(plane, (dx, (x, dy)))| {
                 let ch = plane % c;
-                let (mean, var) = stats[ch];
-                let inv_std = 1.0 / (var + self.eps).sqrt();
-                let (sum_dy, sum_dy_xhat) = sums[ch];
-                let k = g[ch].to_f64() * inv_std;
-                let (mean_dy, mean_dy_xhat) = (sum_dy / count, sum_dy_xhat / count);
+                let (m, inv_std) = (mean(ch), affine[ch].2);
+                let (sum_dz, sum_dz_xhat) = sums[ch];
+                let k = params[ch].to_f64() * inv_std;
+                let (mean_dz, mean_dz_xhat) = (sum_dz / count, sum_dz_xhat / count);
                 for ((dx, x), dy) in dx.iter_mut().zip(x).zip(dy) {
-                    let xhat = (x.to_f64() - mean) * inv_std;
-                    *dx = T::from_f64(k * (dy.to_f64() - mean_dy - xhat * mean_dy_xhat));
+                    let x = x.to_f64();
+                    let xhat = (x - m) * inv_std;
+                    let dz = passed(ch, x, dy.to_f64());
+                    *dx = T::from_f64(k * (dz - mean_dz - xhat * mean_dz_xhat));
                 }
             });
-        for (ch, &(sum_dy, sum_dy_xhat)) in sums.iter().enumerate() {
-            dgb[ch] = T::from_f64(sum_dy_xhat);
-            dgb[c + ch] = T::from_f64(sum_dy);
+        for (ch, &(sum_dz, sum_dz_xhat)) in sums.iter().enumerate() {
+            dparams[ch] = T::from_f64(sum_dz_xhat);
+            dparams[c + ch] = T::from_f64(sum_dz);
         }
         out
     }
 }
 
-impl CustomOp3 for BatchNormTrain {
+impl CustomOp2 for BatchNormTrain {
     fn name(&self) -> &'static str {
         "inception-batch-norm-train"
     }
@@ -555,30 +584,25 @@ impl CustomOp3 for BatchNormTrain {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let dims = dims_nchw(l1)?;
-        if l2.dims() != [dims.1] || l3.dims() != [dims.1] {
-            bail!("batch norm: γ and β must have {} elements", dims.1)
+        if l2.dims() != [4 * dims.1] {
+            bail!(
+                "batch norm: expected γ, β, mean and var of {} elements",
+                dims.1
+            )
         }
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(g), CpuStorage::F32(b)) => {
-                CpuStorage::F32(self.forward(
-                    contiguous(x, l1, "input")?,
-                    contiguous(g, l2, "gamma")?,
-                    contiguous(b, l3, "beta")?,
-                    dims,
-                ))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(g), CpuStorage::F64(b)) => {
-                CpuStorage::F64(self.forward(
-                    contiguous(x, l1, "input")?,
-                    contiguous(g, l2, "gamma")?,
-                    contiguous(b, l3, "beta")?,
-                    dims,
-                ))
-            }
+        let out = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(p)) => CpuStorage::F32(self.forward(
+                contiguous(x, l1, "input")?,
+                contiguous(p, l2, "parameters")?,
+                dims,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(p)) => CpuStorage::F64(self.forward(
+                contiguous(x, l1, "input")?,
+                contiguous(p, l2, "parameters")?,
+                dims,
+            )),
             _ => bail!("batch norm: mismatched or unsupported dtypes"),
         };
         Ok((out, l1.shape().clone()))
@@ -587,19 +611,16 @@ impl CustomOp3 for BatchNormTrain {
     fn bwd(
         &self,
         x: &Tensor,
-        gamma: &Tensor,
-        _beta: &Tensor,
+        params: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let packed =
-            x.apply_op3_no_bwd(gamma, &grad.contiguous()?, &BatchNormTrainBackward(*self))?;
+            x.apply_op3_no_bwd(params, &grad.contiguous()?, &BatchNormTrainBackward(*self))?;
         let numel = x.elem_count();
-        let c = gamma.elem_count();
         let dx = packed.narrow(0, 0, numel)?.reshape(x.shape())?;
-        let dgamma = packed.narrow(0, numel, c)?;
-        let dbeta = packed.narrow(0, numel + c, c)?;
-        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+        let dparams = packed.narrow(0, numel, params.elem_count())?;
+        Ok((Some(dx), Some(dparams)))
     }
 }
 
@@ -621,20 +642,20 @@ impl CustomOp3 for BatchNormTrainBackward {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let dims = dims_nchw(l1)?;
-        let len = l1.shape().elem_count() + 2 * dims.1;
+        let len = l1.shape().elem_count() + 4 * dims.1;
         let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(g), CpuStorage::F32(dy)) => {
+            (CpuStorage::F32(x), CpuStorage::F32(p), CpuStorage::F32(dy)) => {
                 CpuStorage::F32(self.0.backward(
                     contiguous(x, l1, "input")?,
-                    contiguous(g, l2, "gamma")?,
+                    contiguous(p, l2, "parameters")?,
                     contiguous(dy, l3, "gradient")?,
                     dims,
                 ))
             }
-            (CpuStorage::F64(x), CpuStorage::F64(g), CpuStorage::F64(dy)) => {
+            (CpuStorage::F64(x), CpuStorage::F64(p), CpuStorage::F64(dy)) => {
                 CpuStorage::F64(self.0.backward(
                     contiguous(x, l1, "input")?,
-                    contiguous(g, l2, "gamma")?,
+                    contiguous(p, l2, "parameters")?,
                     contiguous(dy, l3, "gradient")?,
                     dims,
                 ))

@@ -189,7 +189,9 @@ fn fused_batch_norm_matches_candle_and_finite_differences() {
     let gamma = input(&[3], 21).affine(0.5, 1.0).unwrap();
     let beta = input(&[3], 22);
     let xs = input(&[2, 3, 4, 5], 23);
-    let (ys, mean, var) = batch_norm_train(&xs, &gamma, &beta, 1e-3).unwrap().unwrap();
+    let (ys, mean, var) = batch_norm_train(&xs, &gamma, &beta, 1e-3, false)
+        .unwrap()
+        .unwrap();
     // candle's composition of the same formula.
     let x_t = xs.transpose(0, 1).unwrap().flatten_from(1).unwrap();
     let want_mean = x_t.mean_keepdim(1).unwrap();
@@ -221,23 +223,73 @@ fn fused_batch_norm_matches_candle_and_finite_differences() {
     assert!(close(&mean, &want_mean.flatten_all().unwrap()));
     assert!(close(&var, &want_var.flatten_all().unwrap()));
     check_gradient(
-        &|x| batch_norm_train(x, &gamma, &beta, 1e-3).unwrap().unwrap().0,
+        &|x| {
+            batch_norm_train(x, &gamma, &beta, 1e-3, false)
+                .unwrap()
+                .unwrap()
+                .0
+        },
         &[2, 3, 4, 5],
         "batch norm input",
     );
     check_gradient(
-        &|g| batch_norm_train(&xs, g, &beta, 1e-3).unwrap().unwrap().0,
+        &|g| {
+            batch_norm_train(&xs, g, &beta, 1e-3, false)
+                .unwrap()
+                .unwrap()
+                .0
+        },
         &[3],
         "batch norm gamma",
     );
     check_gradient(
-        &|b| batch_norm_train(&xs, &gamma, b, 1e-3).unwrap().unwrap().0,
+        &|b| {
+            batch_norm_train(&xs, &gamma, b, 1e-3, false)
+                .unwrap()
+                .unwrap()
+                .0
+        },
         &[3],
         "batch norm beta",
     );
+    // With the ReLU fused: the values are relu(batch norm), the gradients through both.
+    let (fused, _, _) = batch_norm_train(&xs, &gamma, &beta, 1e-3, true)
+        .unwrap()
+        .unwrap();
+    assert!(close(&fused, &want.relu().unwrap()));
+    check_gradient(
+        &|x| {
+            batch_norm_train(x, &gamma, &beta, 1e-3, true)
+                .unwrap()
+                .unwrap()
+                .0
+        },
+        &[2, 3, 4, 5],
+        "batch norm + relu input",
+    );
+    check_gradient(
+        &|g| {
+            batch_norm_train(&xs, g, &beta, 1e-3, true)
+                .unwrap()
+                .unwrap()
+                .0
+        },
+        &[3],
+        "batch norm + relu gamma",
+    );
+    check_gradient(
+        &|b| {
+            batch_norm_train(&xs, &gamma, b, 1e-3, true)
+                .unwrap()
+                .unwrap()
+                .0
+        },
+        &[3],
+        "batch norm + relu beta",
+    );
     // One value per channel is an error, not a NaN.
     let single = Tensor::zeros((1, 3, 1, 1), DType::F64, &Device::Cpu).unwrap();
-    assert!(batch_norm_train(&single, &gamma, &beta, 1e-3).is_err());
+    assert!(batch_norm_train(&single, &gamma, &beta, 1e-3, false).is_err());
 }
 
 #[test]
