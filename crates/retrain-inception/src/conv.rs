@@ -566,11 +566,11 @@ impl Conv {
         let g = self.geometry(x.dims(), k.dims())?;
         let dy = dy.contiguous()?;
         let dx = if x.track_op() {
-            Some(k.apply_op2_no_bwd(&dy, &InputGrad(g))?)
+            Some(k.apply_op2_no_bwd(&dy, &Grad::Input(g))?)
         } else {
             None
         };
-        let dk = x.apply_op2_no_bwd(&dy, &KernelGrad(g))?;
+        let dk = x.apply_op2_no_bwd(&dy, &Grad::Kernel(g))?;
         Ok((dx, dk))
     }
 }
@@ -645,43 +645,29 @@ impl CustomOp3 for ConvBiasRelu {
     }
 }
 
-/// `(kernel, dy) → dx` of a convolution of geometry `.0`.
+/// A gradient of a convolution of the given geometry: `Input` takes (kernel, dy) and gives dx,
+/// `Kernel` takes (x, dy) and gives dkernel.
 #[derive(Debug, Clone, Copy)]
-struct InputGrad(Geometry);
+enum Grad {
+    Input(Geometry),
+    Kernel(Geometry),
+}
 
-impl CustomOp2 for InputGrad {
-    fn name(&self) -> &'static str {
-        "inception-conv2d-input-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let g = &self.0;
-        let out = match (s1, s2) {
-            (CpuStorage::F32(k), CpuStorage::F32(dy)) => {
-                CpuStorage::F32(input_grad(g, slice(k, l1)?, slice(dy, l2)?))
-            }
-            (CpuStorage::F64(k), CpuStorage::F64(dy)) => {
-                CpuStorage::F64(input_grad(g, slice(k, l1)?, slice(dy, l2)?))
-            }
-            _ => bail!("conv2d backward: mismatched or unsupported dtypes"),
-        };
-        Ok((out, Shape::from((g.n, g.c, g.h, g.w))))
+impl Grad {
+    fn run<T: Elem>(&self, a: &[T], dy: &[T]) -> Vec<T> {
+        match self {
+            Self::Input(g) => input_grad(g, a, dy),
+            Self::Kernel(g) => kernel_grad(g, a, dy),
+        }
     }
 }
 
-/// `(x, dy) → dkernel` of a convolution of geometry `.0`.
-#[derive(Debug, Clone, Copy)]
-struct KernelGrad(Geometry);
-
-impl CustomOp2 for KernelGrad {
+impl CustomOp2 for Grad {
     fn name(&self) -> &'static str {
-        "inception-conv2d-kernel-grad"
+        match self {
+            Self::Input(_) => "inception-conv2d-input-grad",
+            Self::Kernel(_) => "inception-conv2d-kernel-grad",
+        }
     }
 
     fn cpu_fwd(
@@ -691,17 +677,20 @@ impl CustomOp2 for KernelGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = &self.0;
         let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(dy)) => {
-                CpuStorage::F32(kernel_grad(g, slice(x, l1)?, slice(dy, l2)?))
+            (CpuStorage::F32(a), CpuStorage::F32(dy)) => {
+                CpuStorage::F32(self.run(slice(a, l1)?, slice(dy, l2)?))
             }
-            (CpuStorage::F64(x), CpuStorage::F64(dy)) => {
-                CpuStorage::F64(kernel_grad(g, slice(x, l1)?, slice(dy, l2)?))
+            (CpuStorage::F64(a), CpuStorage::F64(dy)) => {
+                CpuStorage::F64(self.run(slice(a, l1)?, slice(dy, l2)?))
             }
             _ => bail!("conv2d backward: mismatched or unsupported dtypes"),
         };
-        Ok((out, Shape::from((g.co, g.c, g.kh, g.kw))))
+        let shape = match self {
+            Self::Input(g) => Shape::from((g.n, g.c, g.h, g.w)),
+            Self::Kernel(g) => Shape::from((g.co, g.c, g.kh, g.kw)),
+        };
+        Ok((out, shape))
     }
 }
 

@@ -222,71 +222,20 @@ fn fused_batch_norm_matches_candle_and_finite_differences() {
     assert!(close(&ys, &want));
     assert!(close(&mean, &want_mean.flatten_all().unwrap()));
     assert!(close(&var, &want_var.flatten_all().unwrap()));
-    check_gradient(
-        &|x| {
-            batch_norm_train(x, &gamma, &beta, 1e-3, false)
-                .unwrap()
-                .unwrap()
-                .0
-        },
-        &[2, 3, 4, 5],
-        "batch norm input",
-    );
-    check_gradient(
-        &|g| {
-            batch_norm_train(&xs, g, &beta, 1e-3, false)
-                .unwrap()
-                .unwrap()
-                .0
-        },
-        &[3],
-        "batch norm gamma",
-    );
-    check_gradient(
-        &|b| {
-            batch_norm_train(&xs, &gamma, b, 1e-3, false)
-                .unwrap()
-                .unwrap()
-                .0
-        },
-        &[3],
-        "batch norm beta",
-    );
     // With the ReLU fused: the values are relu(batch norm), the gradients through both.
     let (fused, _, _) = batch_norm_train(&xs, &gamma, &beta, 1e-3, true)
         .unwrap()
         .unwrap();
     assert!(close(&fused, &want.relu().unwrap()));
-    check_gradient(
-        &|x| {
-            batch_norm_train(x, &gamma, &beta, 1e-3, true)
-                .unwrap()
-                .unwrap()
-                .0
-        },
-        &[2, 3, 4, 5],
-        "batch norm + relu input",
-    );
-    check_gradient(
-        &|g| {
-            batch_norm_train(&xs, g, &beta, 1e-3, true)
-                .unwrap()
-                .unwrap()
-                .0
-        },
-        &[3],
-        "batch norm + relu gamma",
-    );
-    check_gradient(
-        &|b| {
-            batch_norm_train(&xs, &gamma, b, 1e-3, true)
-                .unwrap()
-                .unwrap()
-                .0
-        },
-        &[3],
-        "batch norm + relu beta",
-    );
+    for relu in [false, true] {
+        let bn = |x: &Tensor, g: &Tensor, b: &Tensor| {
+            batch_norm_train(x, g, b, 1e-3, relu).unwrap().unwrap().0
+        };
+        let what = |of: &str| format!("batch norm (relu: {relu}), {of}");
+        check_gradient(&|x| bn(x, &gamma, &beta), &[2, 3, 4, 5], &what("input"));
+        check_gradient(&|g| bn(&xs, g, &beta), &[3], &what("gamma"));
+        check_gradient(&|b| bn(&xs, &gamma, b), &[3], &what("beta"));
+    }
     // One value per channel is an error, not a NaN.
     let single = Tensor::zeros((1, 3, 1, 1), DType::F64, &Device::Cpu).unwrap();
     assert!(batch_norm_train(&single, &gamma, &beta, 1e-3, false).is_err());
