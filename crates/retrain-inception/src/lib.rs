@@ -36,7 +36,8 @@ pub use pth::write_pth;
 
 pub use model::{
     BN_EPS, BasicConv2d, Config, Dropout, FEATURES, InceptionA, InceptionAux, InceptionB,
-    InceptionC, InceptionD, InceptionE, InceptionV3, MIN_AUX_INPUT, MIN_INPUT, STAGES,
+    InceptionC, InceptionD, InceptionE, InceptionV3, MIN_AUX_INPUT, MIN_INPUT, NoGrad, STAGES,
+    no_grad,
 };
 
 /// Errors from building, loading and saving a model.

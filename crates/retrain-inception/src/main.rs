@@ -193,6 +193,7 @@ fn forward(
         .remove("input")
         .with_context(|| format!("{}: no tensor named `input`", input.display()))?;
     let xs = xs.to_dtype(DType::F32)?.to_device(device)?;
+    let _no_grad = retrain_inception::no_grad();
     let features = model
         .net()
         .features(&xs)
@@ -290,6 +291,7 @@ fn bench(
             }
             candle_nn::Optimizer::backward_step(&mut sgd, &loss)?;
         } else {
+            let _no_grad = retrain_inception::no_grad();
             let logits = model.net().forward_with_aux(&xs, false)?.0;
             logits.to_device(&Device::Cpu)?;
         }

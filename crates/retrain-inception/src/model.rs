@@ -44,6 +44,35 @@ impl Default for Config {
     }
 }
 
+thread_local! {
+    static NO_GRAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Like `torch.no_grad()`: while the returned guard lives, eval-mode forward passes on this
+/// thread read the weights detached, so they build no autograd graph and each intermediate tensor
+/// is freed as soon as the next layer has read it (feature extraction, evaluation, prediction).
+/// Without it, an eval-mode pass stays differentiable with respect to the weights (candle has no
+/// global switch) and keeps every activation until its result is dropped.
+#[must_use = "gradients are off only while the guard lives"]
+pub fn no_grad() -> NoGrad {
+    NoGrad(NO_GRAD.replace(true))
+}
+
+/// The guard [`no_grad`] returns; dropping it restores the previous setting.
+#[derive(Debug)]
+pub struct NoGrad(bool);
+
+impl Drop for NoGrad {
+    fn drop(&mut self) {
+        NO_GRAD.set(self.0);
+    }
+}
+
+/// `t`, detached inside [`no_grad`].
+fn maybe_detached(t: &Tensor) -> Tensor {
+    if NO_GRAD.get() { t.detach() } else { t.clone() }
+}
+
 /// conv (no bias) + batch norm (eps 0.001) + ReLU, with per-axis padding.
 #[derive(Debug, Clone)]
 pub struct BasicConv2d {
@@ -135,13 +164,12 @@ impl ModuleT for BasicConv2d {
                 .apply_t(&self.bn, false)?
                 .relu();
         };
+        let (gamma, beta) = (maybe_detached(gamma), maybe_detached(beta));
         let c_out = gamma.dim(0)?;
         let scale = (gamma / (self.bn.running_var().detach() + self.bn.eps())?.sqrt()?)?;
         let shift = (beta - (self.bn.running_mean().detach() * &scale)?)?;
-        let weight = self
-            .conv
-            .weight()
-            .broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?;
+        let weight =
+            maybe_detached(self.conv.weight()).broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?;
         conv2d_bias_relu(xs, &weight, &shift, self.pad, stride)
     }
 }

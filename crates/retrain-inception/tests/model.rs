@@ -52,6 +52,25 @@ fn forward_shapes_modes_and_features() {
 }
 
 #[test]
+fn no_grad_gives_the_same_features_without_a_graph() {
+    let model = Model::new(&small(10, false), 1, &Device::Cpu).unwrap();
+    let xs = Tensor::rand(-1f32, 1f32, (2, 3, 75, 75), &Device::Cpu).unwrap();
+    let tracked = model.net().features(&xs).unwrap();
+    assert!(
+        tracked.track_op(),
+        "an eval pass stays differentiable by default"
+    );
+    let plain = {
+        let _no_grad = retrain_inception::no_grad();
+        model.net().features(&xs).unwrap()
+    };
+    assert!(!plain.track_op(), "no graph inside no_grad");
+    assert_eq!(max_abs_diff(&tracked, &plain), 0.0);
+    // The guard restores the setting when dropped.
+    assert!(model.net().features(&xs).unwrap().track_op());
+}
+
+#[test]
 fn dropout_is_seeded_and_active_only_in_training() {
     let run = |seed| {
         let model = Model::new(&small(4, false), seed, &Device::Cpu).unwrap();

@@ -209,6 +209,7 @@ pub fn compute_or_load(
             let xs = batch
                 .tensor(cfg.size, model.device())
                 .map_err(Error::Model)?;
+            let _no_grad = retrain_inception::no_grad();
             let f = model
                 .net()
                 .features(&xs)

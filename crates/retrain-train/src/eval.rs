@@ -183,6 +183,7 @@ pub fn run(cfg: &Config, rep: &dyn Reporter) -> Result<(Report, Tally), Error> {
     for batch in loader {
         let batch = batch?;
         let xs = batch.tensor(size, &device)?;
+        let _no_grad = retrain_inception::no_grad();
         let logits = trained
             .model
             .net()

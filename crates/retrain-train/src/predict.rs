@@ -55,6 +55,7 @@ pub fn predict(trained: &Trained, images: &[PathBuf], k: usize) -> Result<Vec<Pr
             augment::eval_transform(&img, size, dst);
         }
         let xs = Tensor::from_vec(pixels, (chunk.len(), 3, size, size), device)?;
+        let _no_grad = retrain_inception::no_grad();
         let probs = candle_nn::ops::softmax(
             &trained
                 .model
