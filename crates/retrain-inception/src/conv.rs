@@ -150,15 +150,16 @@ fn gemm<T: Elem>(
         "gemm: rhs too short"
     );
     assert!(c.len() >= (m - 1) * ldc + n, "gemm: destination too short");
+    assert!(m == 1 || ldc >= n, "gemm: destination rows overlap");
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
     // SAFETY: the asserts above keep every element the kernel reads (a: rows < m, columns < k;
-    // b: rows < k, columns < n) and writes (c: rows < m, columns < n) inside its slice, and `c` is
-    // borrowed mutably, so no one else reads or writes it meanwhile. `T` is f32 or f64, which
-    // `gemm` supports.
+    // b: rows < k, columns < n) and writes (c: rows < m, columns < n) inside its slice, no two
+    // written elements share an address (rows do not overlap), and `c` is borrowed mutably, so no
+    // one else reads or writes it meanwhile. `T` is f32 or f64, which `gemm` supports.
     unsafe {
         gemm::gemm(
             m,
@@ -372,7 +373,8 @@ fn gemm_transposed_lhs<T: Elem>(
         gemm::Parallelism::None
     };
     // SAFETY: the assert above bounds every access: dyᵀ[p][o] = dy[o·hw + p] (p < hw, o < co),
-    // k[o][r] = k[o·kk + r] (r < kk), outᵀ[p][r] = out[r·hw + p]; `out` is borrowed mutably.
+    // k[o][r] = k[o·kk + r] (r < kk), outᵀ[p][r] = out[r·hw + p], distinct for distinct (p, r);
+    // `out` is borrowed mutably.
     unsafe {
         gemm::gemm(
             hw,
