@@ -121,60 +121,114 @@ impl Geometry {
     }
 }
 
-/// `c (m × n, row stride ldc) = a (m × k, row stride lda) · b (k × n)`, plus `c` itself when
-/// `accumulate`. `b` is read with row stride `b_rs` and column stride `b_cs`, so a transposed
-/// matrix needs no copy.
-#[allow(clippy::too_many_arguments)]
+/// A matrix view: `rows × cols` elements of `data`, element `(i, j)` at `i·rs + j·cs`, so a
+/// transposed matrix is the same data with its strides swapped (no copy).
+#[derive(Debug, Clone, Copy)]
+struct View {
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl View {
+    /// Row-major with row stride `ld`.
+    fn rows(rows: usize, cols: usize, ld: usize) -> Self {
+        Self {
+            rows,
+            cols,
+            rs: ld,
+            cs: 1,
+        }
+    }
+
+    /// Column-major with column stride `ld` (the transpose of a row-major `cols × rows`).
+    fn cols(rows: usize, cols: usize, ld: usize) -> Self {
+        Self {
+            rows,
+            cols,
+            rs: 1,
+            cs: ld,
+        }
+    }
+
+    /// One past the largest index the view touches (0 when empty).
+    fn extent(&self) -> usize {
+        if self.rows == 0 || self.cols == 0 {
+            0
+        } else {
+            (self.rows - 1) * self.rs + (self.cols - 1) * self.cs + 1
+        }
+    }
+
+    /// No two elements share an index.
+    fn disjoint(&self) -> bool {
+        self.rows <= 1 && self.cols <= 1
+            || self.rows <= 1 && self.cs > 0
+            || self.cols <= 1 && self.rs > 0
+            || (self.cs > 0 && self.rs >= self.cols * self.cs)
+            || (self.rs > 0 && self.cs >= self.rows * self.rs)
+    }
+}
+
+/// `c = a · b`, plus `c` itself when `accumulate`, on `threads` cores: the one call into the
+/// `gemm` crate.
 fn gemm<T: Elem>(
-    (m, n, k): (usize, usize, usize),
-    (a, lda): (&[T], usize),
-    (b, b_rs, b_cs): (&[T], usize, usize),
-    (c, ldc): (&mut [T], usize),
+    (a, av): (&[T], View),
+    (b, bv): (&[T], View),
+    (c, cv): (&mut [T], View),
     accumulate: bool,
     threads: usize,
 ) {
+    let (m, k, n) = (av.rows, av.cols, bv.cols);
+    assert!(
+        bv.rows == k && cv.rows == m && cv.cols == n,
+        "gemm: shapes {m}×{k} · {}×{n} → {}×{}",
+        bv.rows,
+        cv.rows,
+        cv.cols
+    );
     if m == 0 || n == 0 {
         return;
     }
+    assert!(cv.extent() <= c.len(), "gemm: destination too short");
+    assert!(cv.disjoint(), "gemm: destination elements overlap");
     if k == 0 {
         if !accumulate {
-            for row in c.chunks_mut(ldc).take(m) {
-                row[..n].fill(T::default());
+            for i in 0..m {
+                for j in 0..n {
+                    c[i * cv.rs + j * cv.cs] = T::default();
+                }
             }
         }
         return;
     }
-    assert!(a.len() >= (m - 1) * lda + k, "gemm: lhs too short");
-    assert!(
-        b.len() > (k - 1) * b_rs + (n - 1) * b_cs,
-        "gemm: rhs too short"
-    );
-    assert!(c.len() >= (m - 1) * ldc + n, "gemm: destination too short");
-    assert!(m == 1 || ldc >= n, "gemm: destination rows overlap");
+    assert!(av.extent() <= a.len(), "gemm: lhs too short");
+    assert!(bv.extent() <= b.len(), "gemm: rhs too short");
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the asserts above keep every element the kernel reads (a: rows < m, columns < k;
-    // b: rows < k, columns < n) and writes (c: rows < m, columns < n) inside its slice, no two
-    // written elements share an address (rows do not overlap), and `c` is borrowed mutably, so no
-    // one else reads or writes it meanwhile. `T` is f32 or f64, which `gemm` supports.
+    // SAFETY: the asserts above keep every element the kernel reads (a: m × k, b: k × n) and
+    // writes (c: m × n) inside its slice through the views' strides, no two written elements
+    // share an index, and `c` is borrowed mutably, so no one else reads or writes it meanwhile.
+    // `T` is f32 or f64, which `gemm` supports.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
             c.as_mut_ptr(),
-            1,
-            ldc as isize,
+            cv.cs as isize,
+            cv.rs as isize,
             accumulate,
             a.as_ptr(),
-            1,
-            lda as isize,
+            av.cs as isize,
+            av.rs as isize,
             b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
+            bv.cs as isize,
+            bv.rs as isize,
             T::ONE,
             T::ONE,
             false,
@@ -301,10 +355,9 @@ pub(crate) fn forward<T: Elem>(g: &Geometry, x: &[T], k: &[T], bias: Option<&[T]
                 cols
             };
             gemm(
-                (g.co, hw, kk),
-                (k, kk),
-                (b, hw, 1),
-                (yi, hw),
+                (k, View::rows(g.co, kk, kk)),
+                (b, View::rows(kk, hw, hw)),
+                (yi, View::rows(g.co, hw, hw)),
                 false,
                 threads,
             );
@@ -334,10 +387,10 @@ pub(crate) fn input_grad<T: Elem>(g: &Geometry, k: &[T], dy: &[T]) -> Vec<T> {
         |dyi, dxi, cols, threads| {
             // Wᵀ: K × Co, read from the Co × K kernel with row stride 1 and column stride K.
             if g.pointwise() {
-                gemm_transposed_lhs(g.co, kk, hw, k, dyi, dxi, threads);
+                input_cols(g, k, dyi, dxi, threads);
             } else {
                 cols.resize(kk * hw, T::default());
-                gemm_transposed_lhs(g.co, kk, hw, k, dyi, cols, threads);
+                input_cols(g, k, dyi, cols, threads);
                 col2im(g, cols, dxi);
             }
         },
@@ -345,59 +398,17 @@ pub(crate) fn input_grad<T: Elem>(g: &Geometry, k: &[T], dy: &[T]) -> Vec<T> {
     dx
 }
 
-/// `out (kk × hw) = kᵀ · dy` for a `co × kk` matrix `k` and a `co × hw` matrix `dy`, computed as
-/// `(dyᵀ · k)ᵀ`, so every operand keeps unit strides where the GEMM wants them.
-fn gemm_transposed_lhs<T: Elem>(
-    co: usize,
-    kk: usize,
-    hw: usize,
-    k: &[T],
-    dy: &[T],
-    out: &mut [T],
-    threads: usize,
-) {
-    // out[r][p] = Σ_o k[o][r] · dy[o][p]. As a GEMM with lhs = kᵀ (kk × co: row stride 1, column
-    // stride kk) the lhs is not row-major, so transpose the problem instead: outᵀ (hw × kk) =
-    // dyᵀ (hw × co) · k (co × kk), written into `out` with row stride 1 and column stride hw.
-    if hw == 0 || kk == 0 {
-        return;
-    }
-    assert!(dy.len() >= co * hw && k.len() >= co * kk && out.len() >= kk * hw);
-    if co == 0 {
-        out[..kk * hw].fill(T::default());
-        return;
-    }
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the assert above bounds every access: dyᵀ[p][o] = dy[o·hw + p] (p < hw, o < co),
-    // k[o][r] = k[o·kk + r] (r < kk), outᵀ[p][r] = out[r·hw + p], distinct for distinct (p, r);
-    // `out` is borrowed mutably.
-    unsafe {
-        gemm::gemm(
-            hw,
-            kk,
-            co,
-            out.as_mut_ptr(),
-            hw as isize,
-            1,
-            false,
-            dy.as_ptr(),
-            hw as isize,
-            1,
-            k.as_ptr(),
-            1,
-            kk as isize,
-            T::ONE,
-            T::ONE,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
+/// `out (K × HoWo) = Wᵀ · dy` for one image, computed as `outᵀ = dyᵀ · W` so that the GEMM writes
+/// and reads column-major views of the row-major data (no copies).
+fn input_cols<T: Elem>(g: &Geometry, k: &[T], dy: &[T], out: &mut [T], threads: usize) {
+    let (hw, kk) = (g.hw_out(), g.k());
+    gemm(
+        (dy, View::cols(hw, g.co, hw)),
+        (k, View::rows(g.co, kk, kk)),
+        (out, View::cols(hw, kk, hw)),
+        false,
+        threads,
+    );
 }
 
 /// The kernel gradient: `Σₙ dy (Co × HoWo) · colsᵀ`, each thread summing its images, then the
@@ -415,10 +426,9 @@ pub(crate) fn kernel_grad<T: Elem>(g: &Geometry, x: &[T], dy: &[T]) -> Vec<T> {
         };
         // colsᵀ: HoWo × K, read from the K × HoWo matrix with row stride 1, column stride HoWo.
         gemm(
-            (g.co, kk, hw),
-            (dyi, hw),
-            (b, 1, hw),
-            (acc, kk),
+            (dyi, View::rows(g.co, hw, hw)),
+            (b, View::cols(hw, kk, hw)),
+            (acc, View::rows(g.co, kk, kk)),
             true,
             threads,
         );
@@ -699,6 +709,19 @@ impl CustomOp2 for Grad {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn views_know_their_extent_and_whether_they_overlap() {
+        assert_eq!(View::rows(3, 4, 5).extent(), 14);
+        assert_eq!(View::cols(3, 4, 3).extent(), 12);
+        assert_eq!(View::rows(0, 4, 4).extent(), 0);
+        assert!(View::rows(3, 4, 4).disjoint() && View::cols(3, 4, 3).disjoint());
+        assert!(!View::rows(3, 4, 2).disjoint(), "rows overlap");
+        assert!(
+            View::rows(1, 4, 0).disjoint(),
+            "one row needs no row stride"
+        );
+    }
 
     #[test]
     fn the_valid_output_range_keeps_input_columns_inside_the_image() {

@@ -1,7 +1,10 @@
 //! The pools and per-axis padding: values against a naive reference, gradients against finite
 //! differences in f64, and the CPU kernel against the composed (any-device) version.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
+use common::max_abs_diff;
 use retrain_inception::ops::{Pool2d, PoolKind, pad2d};
 
 const POOLS: [Pool2d; 3] = [Pool2d::AVG_3X3_S1, Pool2d::MAX_3X3_S2, Pool2d::AVG_5X5_S3];
@@ -266,7 +269,7 @@ fn convolution_gradients_match_finite_differences() {
                 .unwrap()
                 .conv2d(&kernel, 0, s, 1, 1)
                 .unwrap();
-            assert!(max_diff(&got, &want) < 1e-12);
+            assert!(max_abs_diff(&got, &want) < 1e-12);
             let what = format!("{kh}×{kw} p({ph},{pw}) s{s} on {n}×{h}×{w}");
             check_gradient(
                 &|x| conv2d(x, &kernel, (ph, pw), s).unwrap(),
@@ -296,7 +299,7 @@ fn the_fused_convolution_bias_and_relu_matches_its_parts_values_and_gradients() 
             .unwrap()
             .relu()
             .unwrap();
-        assert!(max_diff(&got, &want) < 1e-12);
+        assert!(max_abs_diff(&got, &want) < 1e-12);
         let what = format!("fused, batch {n}");
         check_gradient(
             &|x| conv2d_bias_relu(x, &kernel, &bias, (1, 0), 2).unwrap(),
@@ -314,17 +317,4 @@ fn the_fused_convolution_bias_and_relu_matches_its_parts_values_and_gradients() 
             &what,
         );
     }
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
 }
