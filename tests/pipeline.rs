@@ -214,7 +214,7 @@ fn the_pipeline_downloads_pretrained_weights_and_trains_from_them() {
     let served = tmp.path().join("served/inception_v3_google-0cc3c7bd.pth");
     std::fs::create_dir_all(served.parent().unwrap()).unwrap();
     run_ok(
-        std::process::Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()))
+        cargo()
             .args([
                 "run",
                 "--quiet",
@@ -224,8 +224,7 @@ fn the_pipeline_downloads_pretrained_weights_and_trains_from_them() {
                 "retrain-inception",
             ])
             .args(["--", "convert", "--output"])
-            .arg(&served)
-            .current_dir(root()),
+            .arg(&served),
     );
     let bytes = std::fs::read(&served).unwrap();
     let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));

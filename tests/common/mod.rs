@@ -19,12 +19,18 @@ pub(crate) fn root() -> PathBuf {
         .to_owned()
 }
 
-/// `cargo xtask ARGS…` (run from the workspace root with the cargo that runs the tests).
-pub(crate) fn xtask(args: &[&str]) -> Command {
+/// The cargo that runs the tests, in the workspace root.
+pub(crate) fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+/// `cargo xtask ARGS…`.
+pub(crate) fn xtask(args: &[&str]) -> Command {
+    let mut cmd = cargo();
     cmd.args(["run", "--quiet", "--locked", "-p", "xtask", "--"])
-        .args(args)
-        .current_dir(root());
+        .args(args);
     cmd
 }
 

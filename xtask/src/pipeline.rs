@@ -284,15 +284,22 @@ fn batches_folder(dataset: &str) -> &'static str {
     }
 }
 
-/// The stages after the download, shared by `pipeline` and `demo`.
-fn after_download(workdir: &Path, dataset: &str, archive: PathBuf) -> Vec<Step> {
-    let images = workdir.join("images");
+/// `retrain-tfrecord build` of the class folders in `images` (the layout retrain-sort writes)
+/// into `tfrecords/`.
+fn tfrecord_step(workdir: &Path, images: &Path) -> Step {
     let mut tfrecord = Step::new("tfrecord", TFRECORD_BUILT, workdir.join("tfrecords"))
         .input("train-dir", images.join("train_dir"))
         .input("validation-dir", images.join("validation_dir"))
         .input("labels", images.join("labels.txt"))
         .param("seed", "12345");
     tfrecord.subcommand = Some("build");
+    tfrecord
+}
+
+/// The stages after the download, shared by `pipeline` and `demo`.
+fn after_download(workdir: &Path, dataset: &str, archive: PathBuf) -> Vec<Step> {
+    let images = workdir.join("images");
+    let tfrecord = tfrecord_step(workdir, &images);
     vec![
         Step::new("extract", true, workdir.join("raw"))
             .input("archive", archive)
@@ -315,13 +322,7 @@ fn own_images(workdir: &Path, images: &Path) -> anyhow::Result<Vec<Step>> {
             );
         }
     }
-    let mut tfrecord = Step::new("tfrecord", TFRECORD_BUILT, workdir.join("tfrecords"))
-        .input("train-dir", images.join("train_dir"))
-        .input("validation-dir", images.join("validation_dir"))
-        .input("labels", images.join("labels.txt"))
-        .param("seed", "12345");
-    tfrecord.subcommand = Some("build");
-    Ok(vec![tfrecord])
+    Ok(vec![tfrecord_step(workdir, images)])
 }
 
 /// A run name from a folder's name (`my-photos`), `images` when it has none.
