@@ -163,11 +163,15 @@ impl View {
 
     /// No two elements share an index.
     fn disjoint(&self) -> bool {
-        self.rows <= 1 && self.cols <= 1
-            || self.rows <= 1 && self.cs > 0
-            || self.cols <= 1 && self.rs > 0
-            || (self.cs > 0 && self.rs >= self.cols * self.cs)
-            || (self.rs > 0 && self.cs >= self.rows * self.rs)
+        match (self.rows > 1, self.cols > 1) {
+            (false, false) => true,
+            (false, true) => self.cs > 0,
+            (true, false) => self.rs > 0,
+            (true, true) => {
+                (self.cs > 0 && self.rs >= self.cols * self.cs)
+                    || (self.rs > 0 && self.cs >= self.rows * self.rs)
+            }
+        }
     }
 }
 
