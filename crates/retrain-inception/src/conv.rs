@@ -20,6 +20,7 @@ use candle_core::{
     CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, bail,
 };
 use rayon::prelude::*;
+use std::cell::RefCell;
 
 /// The element types the kernels take.
 pub(crate) trait Elem:
@@ -33,14 +34,52 @@ pub(crate) trait Elem:
     + 'static
 {
     const ONE: Self;
+
+    /// Runs `f` with two scratch vectors that this thread keeps between calls (so patch
+    /// matrices are not allocated and zeroed anew for every convolution); fresh ones when the
+    /// thread's own are already in use.
+    fn with_scratch<R>(f: impl FnOnce(&mut Vec<Self>, &mut Vec<Self>) -> R) -> R;
 }
 
-impl Elem for f32 {
-    const ONE: Self = 1.0;
+macro_rules! elem {
+    ($t:ty, $scratch:ident) => {
+        thread_local! {
+            static $scratch: RefCell<(Vec<$t>, Vec<$t>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+        }
+
+        impl Elem for $t {
+            const ONE: Self = 1.0;
+
+            fn with_scratch<R>(f: impl FnOnce(&mut Vec<Self>, &mut Vec<Self>) -> R) -> R {
+                $scratch.with(|cell| match cell.try_borrow_mut() {
+                    Ok(mut pair) => {
+                        let (a, b) = &mut *pair;
+                        f(a, b)
+                    }
+                    Err(_) => f(&mut Vec::new(), &mut Vec::new()),
+                })
+            }
+        }
+    };
 }
 
-impl Elem for f64 {
-    const ONE: Self = 1.0;
+elem!(f32, SCRATCH_F32);
+elem!(f64, SCRATCH_F64);
+
+/// `len` zeros, written by all the cores (a large output allocated and zeroed on the calling
+/// thread alone would leave the others idle meanwhile).
+pub(crate) fn zeros<T: Copy + Send + Sync + Default>(len: usize) -> Vec<T> {
+    let mut v = Vec::with_capacity(len);
+    v.par_extend(rayon::iter::repeat_n(T::default(), len));
+    v
+}
+
+/// The first `len` elements of `v`, grown (zero-filled) if it is shorter.
+fn grow<T: Elem>(v: &mut Vec<T>, len: usize) -> &mut [T] {
+    if v.len() < len {
+        v.resize(len, T::default());
+    }
+    &mut v[..len]
 }
 
 /// One 2-D convolution: an `n × c × h × w` input, a `co × c × kh × kw` kernel, a stride, a
@@ -259,11 +298,13 @@ fn valid_range(off: isize, stride: usize, w: usize, wo: usize) -> (usize, usize)
 }
 
 /// The patch matrix of one image (`c × h × w`): `cols[(ci·kh + i)·kw + j][oh·wo + ow] =
-/// x[ci][oh·s + i·d − ph][ow·s + j·d − pw]`, zero outside the image.
-fn im2col<T: Elem>(g: &Geometry, x: &[T], cols: &mut [T]) {
+/// x[ci][oh·s + i·d − ph][ow·s + j·d − pw]`, zero outside the image; row `r` of the matrix starts
+/// at `cols[r·ld]` (`ld ≥ ho·wo`: several images' matrices side by side).
+fn im2col<T: Elem>(g: &Geometry, x: &[T], cols: &mut [T], ld: usize) {
     let (ho, wo) = (g.out_h(), g.out_w());
     let plane = g.h * g.w;
-    for (r, row) in cols.chunks_mut(ho * wo).enumerate() {
+    for r in 0..g.k() {
+        let row = &mut cols[r * ld..r * ld + ho * wo];
         let ci = r / (g.kh * g.kw);
         let (i, j) = ((r / g.kw) % g.kh, r % g.kw);
         let src = &x[ci * plane..(ci + 1) * plane];
@@ -291,10 +332,11 @@ fn im2col<T: Elem>(g: &Geometry, x: &[T], cols: &mut [T]) {
 }
 
 /// The adjoint of [`im2col`]: adds each patch entry back onto the input pixel it came from.
-fn col2im<T: Elem>(g: &Geometry, cols: &[T], dx: &mut [T]) {
+fn col2im<T: Elem>(g: &Geometry, cols: &[T], ld: usize, dx: &mut [T]) {
     let (ho, wo) = (g.out_h(), g.out_w());
     let plane = g.h * g.w;
-    for (r, row) in cols.chunks(ho * wo).enumerate() {
+    for r in 0..g.k() {
+        let row = &cols[r * ld..r * ld + ho * wo];
         let ci = r / (g.kh * g.kw);
         let (i, j) = ((r / g.kw) % g.kh, r % g.kw);
         let dst = &mut dx[ci * plane..(ci + 1) * plane];
@@ -306,166 +348,251 @@ fn col2im<T: Elem>(g: &Geometry, cols: &[T], dx: &mut [T]) {
                 continue;
             }
             let line = &mut dst[ih as usize * g.w..(ih as usize + 1) * g.w];
-            for (ow, &v) in grad[lo..hi].iter().enumerate() {
-                line[((lo + ow) as isize * g.stride as isize + off) as usize] += v;
+            if g.stride == 1 {
+                let start = (lo as isize + off) as usize;
+                for (d, &v) in line[start..start + hi - lo].iter_mut().zip(&grad[lo..hi]) {
+                    *d += v;
+                }
+            } else {
+                for (ow, &v) in grad[lo..hi].iter().enumerate() {
+                    line[((lo + ow) as isize * g.stride as isize + off) as usize] += v;
+                }
             }
         }
     }
 }
 
-/// Runs `per_image(input, output, scratch, gemm threads)` over a batch: images
-/// spread over the cores (each GEMM on one core) when there are at least as many as cores, else
-/// one at a time with parallel GEMMs.
-fn over_images<T: Elem, F>(
-    n: usize,
-    input: &[T],
-    in_len: usize,
-    out: &mut [T],
-    out_len: usize,
-    per_image: F,
-) where
-    F: Fn(&[T], &mut [T], &mut Vec<T>, usize) + Send + Sync,
-{
-    let threads = rayon::current_num_threads();
-    if n >= threads && threads > 1 {
-        input
-            .par_chunks(in_len)
-            .zip(out.par_chunks_mut(out_len))
-            .for_each_init(Vec::new, |scratch, (x, y)| per_image(x, y, scratch, 1));
-    } else {
-        let mut scratch = Vec::new();
-        for (x, y) in input.chunks(in_len).zip(out.chunks_mut(out_len)) {
-            per_image(x, y, &mut scratch, threads);
+/// Output columns a GEMM should have to run near the kernel's speed: an image whose output plane
+/// is smaller (Inception's late 17×17, 8×8 blocks; 7×7 and 3×3 at 139×139) shares its GEMM with
+/// the next images of its core's share of the batch, so the kernel matrix is packed once per
+/// group instead of once per image and the microkernel's rows are full.
+const WIDE: usize = 256;
+
+/// How a batch is spread: contiguous runs of `per_part` images, one run per core, each done in
+/// groups of up to `per_group` images, one GEMM per group on `gemm_threads` cores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Plan {
+    per_part: usize,
+    per_group: usize,
+    gemm_threads: usize,
+}
+
+impl Plan {
+    /// Images over the cores when there are at least as many as cores; else one run, one image
+    /// at a time, with the GEMMs parallel.
+    fn new(g: &Geometry, threads: usize) -> Self {
+        let threads = threads.max(1);
+        let parts = threads.min(g.n).max(1);
+        let per_part = g.n.div_ceil(parts).max(1);
+        let gemm_threads = if parts < threads { threads } else { 1 };
+        let want = WIDE.div_ceil(g.hw_out().max(1)).clamp(1, per_part);
+        // Groups of equal size (within one image) rather than full ones and a small remainder.
+        let per_group = per_part.div_ceil(per_part.div_ceil(want));
+        Self {
+            per_part,
+            per_group,
+            gemm_threads,
+        }
+    }
+}
+
+/// `m` images' `rows × plane` matrices (`src`, one after the other) side by side as one
+/// `rows × m·plane` matrix in `dst`.
+fn gather<T: Elem>(rows: usize, plane: usize, src: &[T], dst: &mut [T]) {
+    let wide = src.len() / rows;
+    for (i, image) in src.chunks(rows * plane).enumerate() {
+        for (r, line) in image.chunks(plane).enumerate() {
+            dst[r * wide + i * plane..][..plane].copy_from_slice(line);
         }
     }
 }
 
 /// The forward pass, `n × co × ho × wo`; with `bias`, `max(conv + bias, 0)` per output channel.
-pub(crate) fn forward<T: Elem>(g: &Geometry, x: &[T], k: &[T], bias: Option<&[T]>) -> Vec<T> {
+pub(crate) fn forward<T: Elem>(
+    g: &Geometry,
+    plan: Plan,
+    x: &[T],
+    k: &[T],
+    bias: Option<&[T]>,
+) -> Vec<T> {
     let (hw, kk) = (g.hw_out(), g.k());
-    let mut y = vec![T::default(); g.n * g.co * hw];
-    over_images(
-        g.n,
-        x,
-        g.c * g.h * g.w,
-        &mut y,
-        g.co * hw,
-        |xi, yi, cols, threads| {
-            let b: &[T] = if g.pointwise() {
-                xi
-            } else {
-                cols.resize(kk * hw, T::default());
-                im2col(g, xi, cols);
-                cols
-            };
-            gemm(
-                (k, View::rows(g.co, kk, kk)),
-                (b, View::rows(kk, hw, hw)),
-                (yi, View::rows(g.co, hw, hw)),
-                false,
-                threads,
-            );
-            if let Some(bias) = bias {
-                for (plane, &b) in yi.chunks_mut(hw).zip(bias) {
-                    for v in plane {
-                        let t = *v + b;
-                        *v = if t > T::default() { t } else { T::default() };
+    let (in_len, out_len) = (g.c * g.h * g.w, g.co * hw);
+    let mut y = zeros(g.n * out_len);
+    let bias_relu = |v: T, b: T| {
+        let t = v + b;
+        if t > T::default() { t } else { T::default() }
+    };
+    x.par_chunks(plan.per_part * in_len)
+        .zip(y.par_chunks_mut(plan.per_part * out_len))
+        .for_each(|(xs, ys)| {
+            T::with_scratch(|cols, wide_out| {
+                let groups = xs
+                    .chunks(plan.per_group * in_len)
+                    .zip(ys.chunks_mut(plan.per_group * out_len));
+                for (xg, yg) in groups {
+                    let m = xg.len() / in_len;
+                    let wide = m * hw;
+                    let b: &[T] = if m == 1 && g.pointwise() {
+                        xg
+                    } else {
+                        let cols = grow(cols, kk * wide);
+                        for (i, xi) in xg.chunks(in_len).enumerate() {
+                            im2col(g, xi, &mut cols[i * hw..], wide);
+                        }
+                        cols
+                    };
+                    if m == 1 {
+                        // One image: its output is the GEMM's destination.
+                        gemm(
+                            (k, View::rows(g.co, kk, kk)),
+                            (b, View::rows(kk, hw, hw)),
+                            (yg, View::rows(g.co, hw, hw)),
+                            false,
+                            plan.gemm_threads,
+                        );
+                        if let Some(bias) = bias {
+                            for (plane, &b) in yg.chunks_mut(hw).zip(bias) {
+                                for v in plane {
+                                    *v = bias_relu(*v, b);
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                    // Several: the GEMM writes `co × m·hw`, each image's planes copied out.
+                    let out = grow(wide_out, g.co * wide);
+                    gemm(
+                        (k, View::rows(g.co, kk, kk)),
+                        (b, View::rows(kk, wide, wide)),
+                        (out, View::rows(g.co, wide, wide)),
+                        false,
+                        plan.gemm_threads,
+                    );
+                    for (i, yi) in yg.chunks_mut(out_len).enumerate() {
+                        for (c, plane) in yi.chunks_mut(hw).enumerate() {
+                            let src = &out[c * wide + i * hw..][..hw];
+                            match bias {
+                                Some(bias) => {
+                                    for (v, &s) in plane.iter_mut().zip(src) {
+                                        *v = bias_relu(s, bias[c]);
+                                    }
+                                }
+                                None => plane.copy_from_slice(src),
+                            }
+                        }
                     }
                 }
-            }
-        },
-    );
+            })
+        });
     y
 }
 
-/// The input gradient: `Wᵀ · dy` per image, scattered back over the patches.
-pub(crate) fn input_grad<T: Elem>(g: &Geometry, k: &[T], dy: &[T]) -> Vec<T> {
+/// The input gradient: `Wᵀ · dy` per group of images, scattered back over the patches.
+pub(crate) fn input_grad<T: Elem>(g: &Geometry, plan: Plan, k: &[T], dy: &[T]) -> Vec<T> {
     let (hw, kk) = (g.hw_out(), g.k());
-    let mut dx = vec![T::default(); g.n * g.c * g.h * g.w];
-    over_images(
-        g.n,
-        dy,
-        g.co * hw,
-        &mut dx,
-        g.c * g.h * g.w,
-        |dyi, dxi, cols, threads| {
-            // Wᵀ: K × Co, read from the Co × K kernel with row stride 1 and column stride K.
-            if g.pointwise() {
-                input_cols(g, k, dyi, dxi, threads);
-            } else {
-                cols.resize(kk * hw, T::default());
-                input_cols(g, k, dyi, cols, threads);
-                col2im(g, cols, dxi);
-            }
-        },
-    );
+    let (in_len, out_len) = (g.c * g.h * g.w, g.co * hw);
+    let mut dx = zeros(g.n * in_len);
+    // Wᵀ: K × Co, read from the Co × K kernel with row stride 1 and column stride K.
+    let kt = View::cols(kk, g.co, kk);
+    dy.par_chunks(plan.per_part * out_len)
+        .zip(dx.par_chunks_mut(plan.per_part * in_len))
+        .for_each(|(dys, dxs)| {
+            T::with_scratch(|gathered, cols| {
+                let groups = dys
+                    .chunks(plan.per_group * out_len)
+                    .zip(dxs.chunks_mut(plan.per_group * in_len));
+                for (dyg, dxg) in groups {
+                    let m = dyg.len() / out_len;
+                    let wide = m * hw;
+                    let d: &[T] = if m == 1 {
+                        dyg
+                    } else {
+                        let d = grow(gathered, g.co * wide);
+                        gather(g.co, hw, dyg, d);
+                        d
+                    };
+                    if m == 1 && g.pointwise() {
+                        // The image's gradient is the GEMM's destination.
+                        gemm(
+                            (k, kt),
+                            (d, View::rows(g.co, hw, hw)),
+                            (dxg, View::rows(kk, hw, hw)),
+                            false,
+                            plan.gemm_threads,
+                        );
+                        continue;
+                    }
+                    let cols = grow(cols, kk * wide);
+                    gemm(
+                        (k, kt),
+                        (d, View::rows(g.co, wide, wide)),
+                        (cols, View::rows(kk, wide, wide)),
+                        false,
+                        plan.gemm_threads,
+                    );
+                    for (i, dxi) in dxg.chunks_mut(in_len).enumerate() {
+                        col2im(g, &cols[i * hw..], wide, dxi);
+                    }
+                }
+            })
+        });
     dx
 }
 
-/// `out (K × HoWo) = Wᵀ · dy` for one image, computed as `outᵀ = dyᵀ · W` so that the GEMM writes
-/// and reads column-major views of the row-major data (no copies).
-fn input_cols<T: Elem>(g: &Geometry, k: &[T], dy: &[T], out: &mut [T], threads: usize) {
+/// The kernel gradient: `Σ dy (Co × m·HoWo) · colsᵀ` over groups of images, each core summing
+/// its run of the batch; the cores' sums are then added in order (the same result every run).
+pub(crate) fn kernel_grad<T: Elem>(g: &Geometry, plan: Plan, x: &[T], dy: &[T]) -> Vec<T> {
     let (hw, kk) = (g.hw_out(), g.k());
-    gemm(
-        (dy, View::cols(hw, g.co, hw)),
-        (k, View::rows(g.co, kk, kk)),
-        (out, View::cols(hw, kk, hw)),
-        false,
-        threads,
-    );
-}
-
-/// The kernel gradient: `Σₙ dy (Co × HoWo) · colsᵀ`, each thread summing its images, then the
-/// threads' sums added.
-pub(crate) fn kernel_grad<T: Elem>(g: &Geometry, x: &[T], dy: &[T]) -> Vec<T> {
-    let (hw, kk) = (g.hw_out(), g.k());
-    let size = g.co * kk;
-    let per_image = |xi: &[T], dyi: &[T], acc: &mut Vec<T>, cols: &mut Vec<T>, threads: usize| {
-        let b: &[T] = if g.pointwise() {
-            xi
-        } else {
-            cols.resize(kk * hw, T::default());
-            im2col(g, xi, cols);
-            cols
-        };
-        // colsᵀ: HoWo × K, read from the K × HoWo matrix with row stride 1, column stride HoWo.
-        gemm(
-            (dyi, View::rows(g.co, hw, hw)),
-            (b, View::cols(hw, kk, hw)),
-            (acc, View::rows(g.co, kk, kk)),
-            true,
-            threads,
-        );
-    };
-    let threads = rayon::current_num_threads();
-    let in_len = g.c * g.h * g.w;
-    if g.n >= threads && threads > 1 {
-        x.par_chunks(in_len)
-            .zip(dy.par_chunks(g.co * hw))
-            .fold(
-                || (vec![T::default(); size], Vec::new()),
-                |(mut acc, mut cols), (xi, dyi)| {
-                    per_image(xi, dyi, &mut acc, &mut cols, 1);
-                    (acc, cols)
-                },
-            )
-            .map(|(acc, _)| acc)
-            .reduce(
-                || vec![T::default(); size],
-                |mut a, b| {
-                    for (a, b) in a.iter_mut().zip(b) {
-                        *a += b;
-                    }
-                    a
-                },
-            )
-    } else {
-        let (mut acc, mut cols) = (vec![T::default(); size], Vec::new());
-        for (xi, dyi) in x.chunks(in_len).zip(dy.chunks(g.co * hw)) {
-            per_image(xi, dyi, &mut acc, &mut cols, threads);
+    let (in_len, out_len) = (g.c * g.h * g.w, g.co * hw);
+    let sums: Vec<Vec<T>> = x
+        .par_chunks(plan.per_part * in_len)
+        .zip(dy.par_chunks(plan.per_part * out_len))
+        .map(|(xs, dys)| {
+            let mut acc = vec![T::default(); g.co * kk];
+            T::with_scratch(|cols, gathered| {
+                let groups = xs
+                    .chunks(plan.per_group * in_len)
+                    .zip(dys.chunks(plan.per_group * out_len));
+                for (first, (xg, dyg)) in groups.enumerate() {
+                    let m = xg.len() / in_len;
+                    let wide = m * hw;
+                    let b: &[T] = if m == 1 && g.pointwise() {
+                        xg
+                    } else {
+                        let cols = grow(cols, kk * wide);
+                        for (i, xi) in xg.chunks(in_len).enumerate() {
+                            im2col(g, xi, &mut cols[i * hw..], wide);
+                        }
+                        cols
+                    };
+                    let d: &[T] = if m == 1 {
+                        dyg
+                    } else {
+                        let d = grow(gathered, g.co * wide);
+                        gather(g.co, hw, dyg, d);
+                        d
+                    };
+                    // colsᵀ: m·HoWo × K, the K × m·HoWo matrix with row stride 1.
+                    gemm(
+                        (d, View::rows(g.co, wide, wide)),
+                        (b, View::cols(wide, kk, wide)),
+                        (&mut acc, View::rows(g.co, kk, kk)),
+                        first > 0,
+                        plan.gemm_threads,
+                    );
+                }
+            });
+            acc
+        })
+        .collect();
+    let mut sums = sums.into_iter();
+    let mut total = sums.next().unwrap_or_else(|| vec![T::default(); g.co * kk]);
+    for part in sums {
+        for (a, b) in total.iter_mut().zip(part) {
+            *a += b;
         }
-        acc
     }
+    total
 }
 
 fn slice<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
@@ -549,16 +676,18 @@ impl Conv {
     ) -> Result<(CpuStorage, Shape)> {
         let g = self.geometry(l1.dims(), l2.dims())?;
         let shape = Shape::from((g.n, g.co, g.out_h(), g.out_w()));
+        let plan = Plan::new(&g, rayon::current_num_threads());
         let out = match (s1, s2, bias) {
             (CpuStorage::F32(x), CpuStorage::F32(k), None) => {
-                CpuStorage::F32(forward(&g, slice(x, l1)?, slice(k, l2)?, None))
+                CpuStorage::F32(forward(&g, plan, slice(x, l1)?, slice(k, l2)?, None))
             }
             (CpuStorage::F64(x), CpuStorage::F64(k), None) => {
-                CpuStorage::F64(forward(&g, slice(x, l1)?, slice(k, l2)?, None))
+                CpuStorage::F64(forward(&g, plan, slice(x, l1)?, slice(k, l2)?, None))
             }
             (CpuStorage::F32(x), CpuStorage::F32(k), Some((CpuStorage::F32(b), l3))) => {
                 CpuStorage::F32(forward(
                     &g,
+                    plan,
                     slice(x, l1)?,
                     slice(k, l2)?,
                     Some(slice(b, l3)?),
@@ -567,6 +696,7 @@ impl Conv {
             (CpuStorage::F64(x), CpuStorage::F64(k), Some((CpuStorage::F64(b), l3))) => {
                 CpuStorage::F64(forward(
                     &g,
+                    plan,
                     slice(x, l1)?,
                     slice(k, l2)?,
                     Some(slice(b, l3)?),
@@ -672,8 +802,8 @@ enum Grad {
 impl Grad {
     fn run<T: Elem>(&self, a: &[T], dy: &[T]) -> Vec<T> {
         match self {
-            Self::Input(g) => input_grad(g, a, dy),
-            Self::Kernel(g) => kernel_grad(g, a, dy),
+            Self::Input(g) => input_grad(g, Plan::new(g, rayon::current_num_threads()), a, dy),
+            Self::Kernel(g) => kernel_grad(g, Plan::new(g, rayon::current_num_threads()), a, dy),
         }
     }
 }
@@ -725,6 +855,123 @@ mod tests {
             View::rows(1, 4, 0).disjoint(),
             "one row needs no row stride"
         );
+    }
+
+    #[test]
+    fn plans_spread_images_over_the_cores_and_share_gemms_between_small_outputs() {
+        let g = |n, h| Geometry {
+            n,
+            c: 1,
+            h,
+            w: h,
+            co: 1,
+            kh: 1,
+            kw: 1,
+            stride: 1,
+            ph: 0,
+            pw: 0,
+            dilation: 1,
+        };
+        let plan = |per_part, per_group, gemm_threads| Plan {
+            per_part,
+            per_group,
+            gemm_threads,
+        };
+        // 64×64 outputs: a GEMM per image, half the batch per core.
+        assert_eq!(Plan::new(&g(32, 64), 2), plan(16, 1, 1));
+        // 3×3: a core's 16 images in one GEMM.
+        assert_eq!(Plan::new(&g(32, 3), 2), plan(16, 16, 1));
+        // 7×7: about WIDE columns, 16 images as 6 + 6 + 4.
+        assert_eq!(Plan::new(&g(32, 7), 2), plan(16, 6, 1));
+        // Fewer images than cores: one at a time, the GEMM itself parallel.
+        assert_eq!(Plan::new(&g(1, 3), 2), plan(1, 1, 2));
+        assert_eq!(Plan::new(&g(5, 3), 1), plan(5, 5, 1));
+    }
+
+    /// Pseudo-random values in [-1, 1).
+    fn values(n: usize, salt: u64) -> Vec<f64> {
+        (0..n as u64)
+            .map(|i| {
+                let z = (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt;
+                let z = z.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                (z >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_grouping_of_images_gives_the_same_convolution_and_gradients() {
+        // Strided, padded per axis, pointwise; planes of 5×4 up to 6×7.
+        let geometries = [
+            (3, 3, 1, 1, 1),
+            (1, 1, 1, 0, 0),
+            (3, 1, 2, 1, 0),
+            (1, 7, 1, 0, 3),
+        ];
+        for (kh, kw, stride, ph, pw) in geometries {
+            let g =
+                Geometry::from_dims(&[7, 3, 6, 7], &[4, 3, kh, kw], (ph, pw), stride, 1).unwrap();
+            let x = values(7 * 3 * 6 * 7, 1);
+            let k = values(4 * 3 * kh * kw, 2);
+            let bias = values(4, 3);
+            let dy = values(7 * 4 * g.hw_out(), 4);
+            // The reference: one image per GEMM, one run.
+            let one = Plan {
+                per_part: 7,
+                per_group: 1,
+                gemm_threads: 1,
+            };
+            let want = (
+                forward(&g, one, &x, &k, Some(&bias)),
+                input_grad(&g, one, &k, &dy),
+                kernel_grad(&g, one, &x, &dy),
+            );
+            // Against the definition, for the forward pass.
+            let (ho, wo) = (g.out_h(), g.out_w());
+            for (i, &got) in want.0.iter().enumerate() {
+                let (b, co, oh, ow) = (i / (4 * ho * wo), i / (ho * wo) % 4, i / wo % ho, i % wo);
+                let mut sum = bias[co];
+                for ci in 0..3 {
+                    for a in 0..kh {
+                        for e in 0..kw {
+                            let ih = (oh * stride + a) as isize - ph as isize;
+                            let iw = (ow * stride + e) as isize - pw as isize;
+                            if (0..6).contains(&ih) && (0..7).contains(&iw) {
+                                sum += k[((co * 3 + ci) * kh + a) * kw + e]
+                                    * x[((b * 3 + ci) * 6 + ih as usize) * 7 + iw as usize];
+                            }
+                        }
+                    }
+                }
+                assert!((got - sum.max(0.0)).abs() < 1e-12, "{kh}×{kw} at {i}");
+            }
+            for per_part in [1, 3, 4, 7] {
+                for per_group in 1..=per_part {
+                    for gemm_threads in [1, 2] {
+                        let plan = Plan {
+                            per_part,
+                            per_group,
+                            gemm_threads,
+                        };
+                        let got = (
+                            forward(&g, plan, &x, &k, Some(&bias)),
+                            input_grad(&g, plan, &k, &dy),
+                            kernel_grad(&g, plan, &x, &dy),
+                        );
+                        let close = |a: &[f64], b: &[f64]| {
+                            a.len() == b.len()
+                                && a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-12)
+                        };
+                        assert!(
+                            close(&got.0, &want.0)
+                                && close(&got.1, &want.1)
+                                && close(&got.2, &want.2),
+                            "{kh}×{kw} s{stride} under {plan:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -111,7 +111,7 @@ fn main() -> ExitCode {
     retrain_inception::alloc::keep_freed_memory();
     let args = Args::parse();
     retrain_stage::cli::init_logging(args.verbose);
-    retrain_stage::cli::exit_code(run(args))
+    retrain_stage::cli::exit_code(retrain_inception::on_workers(|| run(args)))
 }
 
 fn run(args: Args) -> anyhow::Result<()> {

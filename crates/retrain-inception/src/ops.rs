@@ -22,6 +22,8 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+use crate::conv::zeros;
+
 /// Zero-pads the last two dimensions of an N×C×H×W tensor: `pad_h` rows above and below, `pad_w`
 /// columns left and right.
 pub fn pad2d(xs: &Tensor, pad_h: usize, pad_w: usize) -> Result<Tensor> {
@@ -156,11 +158,21 @@ fn strided(xs: &Tensor, dim: usize, start: usize, stride: usize, n: usize) -> Re
     xs.reshape(dims)?.narrow(dim + 1, 0, 1)?.squeeze(dim + 1)
 }
 
-trait Float: Copy + Send + Sync + PartialOrd + std::ops::AddAssign + 'static {
+trait Float:
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + std::ops::AddAssign
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + Default
+    + 'static
+{
     const ZERO: Self;
     fn from_f64(v: f64) -> Self;
     fn to_f64(self) -> f64;
-    fn mul(self, other: Self) -> Self;
 }
 impl Float for f32 {
     const ZERO: Self = 0.0;
@@ -170,9 +182,6 @@ impl Float for f32 {
     fn to_f64(self) -> f64 {
         self as f64
     }
-    fn mul(self, other: Self) -> Self {
-        self * other
-    }
 }
 impl Float for f64 {
     const ZERO: Self = 0.0;
@@ -181,9 +190,6 @@ impl Float for f64 {
     }
     fn to_f64(self) -> f64 {
         self
-    }
-    fn mul(self, other: Self) -> Self {
-        self * other
     }
 }
 
@@ -217,7 +223,7 @@ impl Pool2d {
                                 sum += *v;
                             }
                         }
-                        *o = sum.mul(scale);
+                        *o = sum * scale;
                     }
                     PoolKind::Max => {
                         let mut best = x[y0 * w + x0];
@@ -243,7 +249,7 @@ impl Pool2d {
                 let (x0, x1) = window(ox, self.stride, self.padding, self.kernel, w);
                 match self.kind {
                     PoolKind::Avg => {
-                        let share = go.mul(scale);
+                        let share = go * scale;
                         for y in y0..y1 {
                             for v in &mut gx[y * w + x0..y * w + x1] {
                                 *v += share;
@@ -271,7 +277,7 @@ impl Pool2d {
 
     fn cpu_forward<T: Float>(&self, x: &[T], dims: &[usize]) -> Result<(Vec<T>, Shape)> {
         let (n, c, h, w, oh, ow) = self.check(dims)?;
-        let mut out = vec![T::ZERO; n * c * oh * ow];
+        let mut out = zeros(n * c * oh * ow);
         if oh * ow > 0 {
             out.par_chunks_mut(oh * ow)
                 .zip(x.par_chunks(h * w))
@@ -289,7 +295,7 @@ impl Pool2d {
                 n * c * oh * ow
             )
         }
-        let mut gx = vec![T::ZERO; n * c * h * w];
+        let mut gx = zeros(n * c * h * w);
         if oh * ow > 0 {
             gx.par_chunks_mut(h * w)
                 .zip(x.par_chunks(h * w).zip(g.par_chunks(oh * ow)))
@@ -403,17 +409,56 @@ pub fn batch_norm_train(
     Ok(Some((ys, mean, var)))
 }
 
-/// Per-channel (mean, biased variance) of a contiguous N×C×H×W slice, two-pass, in f64.
+/// Independent partial sums, so that a sum over a plane vectorises (in a fixed order: the same
+/// result every run).
+const LANES: usize = 16;
+
+/// `Σᵢ f(a[i], b[i])` over two equally long slices: `LANES` partial sums in `T`, added in f64.
+fn lane_sum<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> f64 {
+    let (a_chunks, a_rest) = a.as_chunks::<LANES>();
+    let (b_chunks, b_rest) = b[..a.len()].as_chunks::<LANES>();
+    let mut acc = [T::ZERO; LANES];
+    for (a, b) in a_chunks.iter().zip(b_chunks) {
+        for i in 0..LANES {
+            acc[i] += f(a[i], b[i]);
+        }
+    }
+    let rest: f64 = a_rest
+        .iter()
+        .zip(b_rest)
+        .map(|(&a, &b)| f(a, b).to_f64())
+        .sum();
+    acc.iter().map(|v| v.to_f64()).sum::<f64>() + rest
+}
+
+/// The planes of channel `ch` in a contiguous N×C×H×W slice.
+fn channel_planes<T>(
+    x: &[T],
+    n: usize,
+    c: usize,
+    hw: usize,
+    ch: usize,
+) -> impl Iterator<Item = &[T]> {
+    (0..n).map(move |b| &x[(b * c + ch) * hw..(b * c + ch + 1) * hw])
+}
+
+/// Per-channel (mean, biased variance) of a contiguous N×C×H×W slice, two-pass: partial sums
+/// per plane in `T`, planes added in f64.
 fn channel_stats<T: Float>(x: &[T], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
     (0..c)
         .into_par_iter()
         .map(|ch| {
             let count = (n * hw) as f64;
-            let planes = || (0..n).map(move |b| &x[(b * c + ch) * hw..(b * c + ch + 1) * hw]);
-            let mean = planes().flatten().map(|v| v.to_f64()).sum::<f64>() / count;
+            let planes = || channel_planes(x, n, c, hw, ch);
+            let mean = planes().map(|p| lane_sum(p, p, |v, _| v)).sum::<f64>() / count;
+            let m = T::from_f64(mean);
             let var = planes()
-                .flatten()
-                .map(|v| (v.to_f64() - mean).powi(2))
+                .map(|p| {
+                    lane_sum(p, p, |v, _| {
+                        let d = v - m;
+                        d * d
+                    })
+                })
                 .sum::<f64>()
                 / count;
             (mean, var)
@@ -493,15 +538,20 @@ impl BatchNormTrain {
     fn forward<T: Float>(&self, x: &[T], params: &[T], dims: (usize, usize, usize)) -> Vec<T> {
         let (_, c, hw) = dims;
         let affine = affine(params, c, self.eps);
-        let mut y = vec![T::ZERO; x.len()];
+        let mut y = zeros(x.len());
         y.par_chunks_mut(hw)
             .zip(x.par_chunks(hw))
             .enumerate()
             .for_each(|(plane, (y, x))| {
                 let (scale, shift, _) = affine[plane % c];
-                for (y, x) in y.iter_mut().zip(x) {
-                    let v = x.to_f64() * scale + shift;
-                    *y = T::from_f64(if self.relu && v <= 0.0 { 0.0 } else { v });
+                let (scale, shift) = (T::from_f64(scale), T::from_f64(shift));
+                for (y, &x) in y.iter_mut().zip(x) {
+                    let v = x * scale + shift;
+                    *y = if self.relu && v <= T::ZERO {
+                        T::ZERO
+                    } else {
+                        v
+                    };
                 }
             });
         y
@@ -518,51 +568,53 @@ impl BatchNormTrain {
         let (n, c, hw) = dims;
         let count = (n * hw) as f64;
         let affine = affine(params, c, self.eps);
-        let mean = |ch: usize| params[2 * c + ch].to_f64();
-        // The gradient that reaches the normalisation: dy where the ReLU passed it.
-        let passed = |ch: usize, x: f64, dy: f64| {
-            let (scale, shift, _) = affine[ch];
-            if self.relu && x * scale + shift <= 0.0 {
-                0.0
+        // Per channel, in `T`: the mean, and the gradient that reaches the normalisation (dy where
+        // the ReLU passed it).
+        let consts: Vec<(T, T, T)> = (0..c)
+            .map(|ch| {
+                let (scale, shift, _) = affine[ch];
+                (params[2 * c + ch], T::from_f64(scale), T::from_f64(shift))
+            })
+            .collect();
+        let passed = |ch: usize, x: T, dy: T| {
+            let (_, scale, shift) = consts[ch];
+            if self.relu && x * scale + shift <= T::ZERO {
+                T::ZERO
             } else {
                 dy
             }
         };
-        // Per channel: Σ dz and Σ dz·x̂.
+        // Per channel: Σ dz and Σ dz·x̂ = Σ dz·(x − mean) / σ.
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let (m, inv_std) = (mean(ch), affine[ch].2);
-                let mut sum_dz = 0.0;
-                let mut sum_dz_xhat = 0.0;
-                for b in 0..n {
-                    let range = (b * c + ch) * hw..(b * c + ch + 1) * hw;
-                    for (x, dy) in x[range.clone()].iter().zip(&dy[range]) {
-                        let x = x.to_f64();
-                        let dz = passed(ch, x, dy.to_f64());
-                        sum_dz += dz;
-                        sum_dz_xhat += dz * (x - m) * inv_std;
-                    }
+                let m = consts[ch].0;
+                let planes = channel_planes(x, n, c, hw, ch).zip(channel_planes(dy, n, c, hw, ch));
+                let (mut sum_dz, mut sum_dz_xc) = (0.0, 0.0);
+                for (x, dy) in planes {
+                    sum_dz += lane_sum(x, dy, |x, dy| passed(ch, x, dy));
+                    sum_dz_xc += lane_sum(x, dy, |x, dy| passed(ch, x, dy) * (x - m));
                 }
-                (sum_dz, sum_dz_xhat)
+                (sum_dz, sum_dz_xc * affine[ch].2)
             })
             .collect();
-        let mut out = vec![T::ZERO; x.len() + 4 * c];
+        let mut out = zeros(x.len() + 4 * c);
         let (dx, dparams) = out.split_at_mut(x.len());
         dx.par_chunks_mut(hw)
             .zip(x.par_chunks(hw).zip(dy.par_chunks(hw)))
             .enumerate()
             .for_each(|(plane, (dx, (x, dy)))| {
                 let ch = plane % c;
-                let (m, inv_std) = (mean(ch), affine[ch].2);
+                let inv_std = affine[ch].2;
                 let (sum_dz, sum_dz_xhat) = sums[ch];
                 let k = params[ch].to_f64() * inv_std;
-                let (mean_dz, mean_dz_xhat) = (sum_dz / count, sum_dz_xhat / count);
-                for ((dx, x), dy) in dx.iter_mut().zip(x).zip(dy) {
-                    let x = x.to_f64();
-                    let xhat = (x - m) * inv_std;
-                    let dz = passed(ch, x, dy.to_f64());
-                    *dx = T::from_f64(k * (dz - mean_dz - xhat * mean_dz_xhat));
+                // dx = k·(dz − mean(dz) − x̂·mean(dz·x̂)) = k·dz − k·mean(dz) − (x − m)·k·σ⁻¹·mean(dz·x̂)
+                let a = T::from_f64(k);
+                let b = T::from_f64(k * sum_dz / count);
+                let d = T::from_f64(k * inv_std * sum_dz_xhat / count);
+                let m = consts[ch].0;
+                for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+                    *dx = a * passed(ch, x, dy) - b - (x - m) * d;
                 }
             });
         for (ch, &(sum_dz, sum_dz_xhat)) in sums.iter().enumerate() {

@@ -261,8 +261,9 @@ fn convolution_gradients_match_finite_differences() {
     ];
     for (kh, kw, (ph, pw), s) in cases {
         let kernel = input(&[3, 2, kh, kw], 31);
-        // One image (GEMMs parallel) and three (images spread over the threads).
-        for (n, h, w) in [(1, 7, 9), (3, 8, 8)] {
+        // One image (GEMMs parallel), three (images spread over the threads) and nine small ones
+        // (several images per GEMM; conv.rs tests every way of grouping them).
+        for (n, h, w) in [(1, 7, 9), (3, 8, 8), (9, 3, 4)] {
             let xs = input(&[n, 2, h, w], 32);
             let got = conv2d(&xs, &kernel, (ph, pw), s).unwrap();
             let want = pad2d(&xs, ph, pw)

@@ -44,7 +44,7 @@ fn main() -> ExitCode {
     retrain_inception::alloc::keep_freed_memory();
     let args = Args::parse();
     init_logging(args.verbose);
-    exit_code(run(&args))
+    exit_code(retrain_inception::on_workers(|| run(&args)))
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {

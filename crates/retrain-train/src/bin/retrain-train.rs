@@ -153,7 +153,7 @@ fn main() -> ExitCode {
     }) {
         tracing::warn!("cannot catch Ctrl-C: {e}");
     }
-    match run(&args, &cancel) {
+    match retrain_inception::on_workers(|| run(&args, &cancel)) {
         Ok(Outcome::Interrupted { .. }) => ExitCode::from(130),
         Ok(Outcome::Finished { .. }) => ExitCode::SUCCESS,
         Err(e) if is_interrupted(&e) => {
