@@ -21,6 +21,7 @@ use candle_core::{
 };
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::ops::Range;
 
 /// The element types the kernels take.
 pub(crate) trait Elem:
@@ -299,18 +300,19 @@ fn valid_range(off: isize, stride: usize, w: usize, wo: usize) -> (usize, usize)
 
 /// The patch matrix of one image (`c × h × w`): `cols[(ci·kh + i)·kw + j][oh·wo + ow] =
 /// x[ci][oh·s + i·d − ph][ow·s + j·d − pw]`, zero outside the image; row `r` of the matrix starts
-/// at `cols[r·ld]` (`ld ≥ ho·wo`: several images' matrices side by side).
-fn im2col<T: Elem>(g: &Geometry, x: &[T], cols: &mut [T], ld: usize) {
-    let (ho, wo) = (g.out_h(), g.out_w());
+/// at `cols[r·ld]` (`ld ≥ ho·wo`: several images' matrices side by side). Only the output rows
+/// `oh` (their columns `oh.start·wo..oh.end·wo` of the matrix, written from `cols[0]` on).
+fn im2col<T: Elem>(g: &Geometry, x: &[T], cols: &mut [T], ld: usize, oh: Range<usize>) {
+    let wo = g.out_w();
     let plane = g.h * g.w;
     for r in 0..g.k() {
-        let row = &mut cols[r * ld..r * ld + ho * wo];
+        let row = &mut cols[r * ld..r * ld + oh.len() * wo];
         let ci = r / (g.kh * g.kw);
         let (i, j) = ((r / g.kw) % g.kh, r % g.kw);
         let src = &x[ci * plane..(ci + 1) * plane];
         let off = (j * g.dilation) as isize - g.pw as isize;
         let (lo, hi) = valid_range(off, g.stride, g.w, wo);
-        for (oh, out) in row.chunks_mut(wo).enumerate() {
+        for (oh, out) in oh.clone().zip(row.chunks_mut(wo)) {
             let ih = (oh * g.stride + i * g.dilation) as isize - g.ph as isize;
             if ih < 0 || ih >= g.h as isize {
                 out.fill(T::default());
@@ -332,17 +334,17 @@ fn im2col<T: Elem>(g: &Geometry, x: &[T], cols: &mut [T], ld: usize) {
 }
 
 /// The adjoint of [`im2col`]: adds each patch entry back onto the input pixel it came from.
-fn col2im<T: Elem>(g: &Geometry, cols: &[T], ld: usize, dx: &mut [T]) {
-    let (ho, wo) = (g.out_h(), g.out_w());
+fn col2im<T: Elem>(g: &Geometry, cols: &[T], ld: usize, oh: Range<usize>, dx: &mut [T]) {
+    let wo = g.out_w();
     let plane = g.h * g.w;
     for r in 0..g.k() {
-        let row = &cols[r * ld..r * ld + ho * wo];
+        let row = &cols[r * ld..r * ld + oh.len() * wo];
         let ci = r / (g.kh * g.kw);
         let (i, j) = ((r / g.kw) % g.kh, r % g.kw);
         let dst = &mut dx[ci * plane..(ci + 1) * plane];
         let off = (j * g.dilation) as isize - g.pw as isize;
         let (lo, hi) = valid_range(off, g.stride, g.w, wo);
-        for (oh, grad) in row.chunks(wo).enumerate() {
+        for (oh, grad) in oh.clone().zip(row.chunks(wo)) {
             let ih = (oh * g.stride + i * g.dilation) as isize - g.ph as isize;
             if ih < 0 || ih >= g.h as isize {
                 continue;
@@ -368,13 +370,20 @@ fn col2im<T: Elem>(g: &Geometry, cols: &[T], ld: usize, dx: &mut [T]) {
 /// group instead of once per image and the microkernel's rows are full.
 const WIDE: usize = 256;
 
+/// Patch-matrix elements per GEMM for an image with a large output plane (1 MiB of f32, half a
+/// core's L2 cache here): its output rows are done in blocks this size, so that the patches are
+/// still in the cache when the GEMM packs them (and when col2im reads them back).
+const BLOCK: usize = 1 << 18;
+
 /// How a batch is spread: contiguous runs of `per_part` images, one run per core, each done in
-/// groups of up to `per_group` images, one GEMM per group on `gemm_threads` cores.
+/// groups of up to `per_group` images, one GEMM per group on `gemm_threads` cores; an image alone
+/// in its group, `rows` output rows per GEMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Plan {
     per_part: usize,
     per_group: usize,
     gemm_threads: usize,
+    rows: usize,
 }
 
 impl Plan {
@@ -388,10 +397,14 @@ impl Plan {
         let want = WIDE.div_ceil(g.hw_out().max(1)).clamp(1, per_part);
         // Groups of equal size (within one image) rather than full ones and a small remainder.
         let per_group = per_part.div_ceil(per_part.div_ceil(want));
+        // Rows per block: as many as fit BLOCK, but at least WIDE columns' worth.
+        let (ho, wo) = (g.out_h().max(1), g.out_w().max(1));
+        let rows = (BLOCK / (g.k() * wo).max(1)).max(WIDE.div_ceil(wo)).min(ho);
         Self {
             per_part,
             per_group,
             gemm_threads,
+            rows,
         }
     }
 }
@@ -431,25 +444,29 @@ pub(crate) fn forward<T: Elem>(
                     .zip(ys.chunks_mut(plan.per_group * out_len));
                 for (xg, yg) in groups {
                     let m = xg.len() / in_len;
-                    let wide = m * hw;
-                    let b: &[T] = if m == 1 && g.pointwise() {
-                        xg
-                    } else {
-                        let cols = grow(cols, kk * wide);
-                        for (i, xi) in xg.chunks(in_len).enumerate() {
-                            im2col(g, xi, &mut cols[i * hw..], wide);
-                        }
-                        cols
-                    };
                     if m == 1 {
-                        // One image: its output is the GEMM's destination.
-                        gemm(
-                            (k, View::rows(g.co, kk, kk)),
-                            (b, View::rows(kk, hw, hw)),
-                            (yg, View::rows(g.co, hw, hw)),
-                            false,
-                            plan.gemm_threads,
-                        );
+                        // One image: its output is the GEMMs' destination.
+                        if g.pointwise() {
+                            gemm(
+                                (k, View::rows(g.co, kk, kk)),
+                                (xg, View::rows(kk, hw, hw)),
+                                (yg, View::rows(g.co, hw, hw)),
+                                false,
+                                plan.gemm_threads,
+                            );
+                        }
+                        for oh in blocks(g, plan) {
+                            let width = oh.len() * g.out_w();
+                            let cols = grow(cols, kk * width);
+                            im2col(g, xg, cols, width, oh.clone());
+                            gemm(
+                                (k, View::rows(g.co, kk, kk)),
+                                (cols, View::rows(kk, width, width)),
+                                (&mut yg[oh.start * g.out_w()..], View::rows(g.co, width, hw)),
+                                false,
+                                plan.gemm_threads,
+                            );
+                        }
                         if let Some(bias) = bias {
                             for (plane, &b) in yg.chunks_mut(hw).zip(bias) {
                                 for v in plane {
@@ -459,11 +476,16 @@ pub(crate) fn forward<T: Elem>(
                         }
                         continue;
                     }
-                    // Several: the GEMM writes `co × m·hw`, each image's planes copied out.
+                    // Several: one GEMM writes `co × m·hw`, each image's planes copied out.
+                    let wide = m * hw;
+                    let cols = grow(cols, kk * wide);
+                    for (i, xi) in xg.chunks(in_len).enumerate() {
+                        im2col(g, xi, &mut cols[i * hw..], wide, 0..g.out_h());
+                    }
                     let out = grow(wide_out, g.co * wide);
                     gemm(
                         (k, View::rows(g.co, kk, kk)),
-                        (b, View::rows(kk, wide, wide)),
+                        (cols, View::rows(kk, wide, wide)),
                         (out, View::rows(g.co, wide, wide)),
                         false,
                         plan.gemm_threads,
@@ -487,6 +509,16 @@ pub(crate) fn forward<T: Elem>(
     y
 }
 
+/// The output row blocks of one image alone in its group: none for a pointwise convolution (its
+/// image is its patch matrix), else `plan.rows` rows at a time.
+fn blocks(g: &Geometry, plan: Plan) -> impl Iterator<Item = Range<usize>> {
+    let ho = if g.pointwise() { 0 } else { g.out_h() };
+    let step = plan.rows.max(1);
+    (0..ho)
+        .step_by(step)
+        .map(move |start| start..(start + step).min(ho))
+}
+
 /// The input gradient: `Wᵀ · dy` per group of images, scattered back over the patches.
 pub(crate) fn input_grad<T: Elem>(g: &Geometry, plan: Plan, k: &[T], dy: &[T]) -> Vec<T> {
     let (hw, kk) = (g.hw_out(), g.k());
@@ -503,25 +535,34 @@ pub(crate) fn input_grad<T: Elem>(g: &Geometry, plan: Plan, k: &[T], dy: &[T]) -
                     .zip(dxs.chunks_mut(plan.per_group * in_len));
                 for (dyg, dxg) in groups {
                     let m = dyg.len() / out_len;
-                    let wide = m * hw;
-                    let d: &[T] = if m == 1 {
-                        dyg
-                    } else {
-                        let d = grow(gathered, g.co * wide);
-                        gather(g.co, hw, dyg, d);
-                        d
-                    };
-                    if m == 1 && g.pointwise() {
-                        // The image's gradient is the GEMM's destination.
-                        gemm(
-                            (k, kt),
-                            (d, View::rows(g.co, hw, hw)),
-                            (dxg, View::rows(kk, hw, hw)),
-                            false,
-                            plan.gemm_threads,
-                        );
+                    if m == 1 {
+                        if g.pointwise() {
+                            // The image's gradient is the GEMM's destination.
+                            gemm(
+                                (k, kt),
+                                (dyg, View::rows(g.co, hw, hw)),
+                                (dxg, View::rows(kk, hw, hw)),
+                                false,
+                                plan.gemm_threads,
+                            );
+                        }
+                        for oh in blocks(g, plan) {
+                            let width = oh.len() * g.out_w();
+                            let cols = grow(cols, kk * width);
+                            gemm(
+                                (k, kt),
+                                (&dyg[oh.start * g.out_w()..], View::rows(g.co, width, hw)),
+                                (cols, View::rows(kk, width, width)),
+                                false,
+                                plan.gemm_threads,
+                            );
+                            col2im(g, cols, width, oh, dxg);
+                        }
                         continue;
                     }
+                    let wide = m * hw;
+                    let d = grow(gathered, g.co * wide);
+                    gather(g.co, hw, dyg, d);
                     let cols = grow(cols, kk * wide);
                     gemm(
                         (k, kt),
@@ -531,7 +572,7 @@ pub(crate) fn input_grad<T: Elem>(g: &Geometry, plan: Plan, k: &[T], dy: &[T]) -
                         plan.gemm_threads,
                     );
                     for (i, dxi) in dxg.chunks_mut(in_len).enumerate() {
-                        col2im(g, &cols[i * hw..], wide, dxi);
+                        col2im(g, &cols[i * hw..], wide, 0..g.out_h(), dxi);
                     }
                 }
             })
@@ -553,33 +594,51 @@ pub(crate) fn kernel_grad<T: Elem>(g: &Geometry, plan: Plan, x: &[T], dy: &[T]) 
                 let groups = xs
                     .chunks(plan.per_group * in_len)
                     .zip(dys.chunks(plan.per_group * out_len));
-                for (first, (xg, dyg)) in groups.enumerate() {
+                let mut accumulate = false;
+                for (xg, dyg) in groups {
                     let m = xg.len() / in_len;
-                    let wide = m * hw;
-                    let b: &[T] = if m == 1 && g.pointwise() {
-                        xg
-                    } else {
-                        let cols = grow(cols, kk * wide);
-                        for (i, xi) in xg.chunks(in_len).enumerate() {
-                            im2col(g, xi, &mut cols[i * hw..], wide);
+                    if m == 1 {
+                        // colsᵀ: HoWo × K, read from the K × HoWo matrix with row stride 1.
+                        if g.pointwise() {
+                            gemm(
+                                (dyg, View::rows(g.co, hw, hw)),
+                                (xg, View::cols(hw, kk, hw)),
+                                (&mut acc, View::rows(g.co, kk, kk)),
+                                accumulate,
+                                plan.gemm_threads,
+                            );
+                            accumulate = true;
                         }
-                        cols
-                    };
-                    let d: &[T] = if m == 1 {
-                        dyg
-                    } else {
-                        let d = grow(gathered, g.co * wide);
-                        gather(g.co, hw, dyg, d);
-                        d
-                    };
-                    // colsᵀ: m·HoWo × K, the K × m·HoWo matrix with row stride 1.
+                        for oh in blocks(g, plan) {
+                            let width = oh.len() * g.out_w();
+                            let cols = grow(cols, kk * width);
+                            im2col(g, xg, cols, width, oh.clone());
+                            gemm(
+                                (&dyg[oh.start * g.out_w()..], View::rows(g.co, width, hw)),
+                                (cols, View::cols(width, kk, width)),
+                                (&mut acc, View::rows(g.co, kk, kk)),
+                                accumulate,
+                                plan.gemm_threads,
+                            );
+                            accumulate = true;
+                        }
+                        continue;
+                    }
+                    let wide = m * hw;
+                    let cols = grow(cols, kk * wide);
+                    for (i, xi) in xg.chunks(in_len).enumerate() {
+                        im2col(g, xi, &mut cols[i * hw..], wide, 0..g.out_h());
+                    }
+                    let d = grow(gathered, g.co * wide);
+                    gather(g.co, hw, dyg, d);
                     gemm(
                         (d, View::rows(g.co, wide, wide)),
-                        (b, View::cols(wide, kk, wide)),
+                        (cols, View::cols(wide, kk, wide)),
                         (&mut acc, View::rows(g.co, kk, kk)),
-                        first > 0,
+                        accumulate,
                         plan.gemm_threads,
                     );
+                    accumulate = true;
                 }
             });
             acc
@@ -859,33 +918,39 @@ mod tests {
 
     #[test]
     fn plans_spread_images_over_the_cores_and_share_gemms_between_small_outputs() {
-        let g = |n, h| Geometry {
+        // A 3×3 convolution of `c` channels, unpadded, on n images of h×h.
+        let g = |n, c, h: usize| Geometry {
             n,
-            c: 1,
-            h,
-            w: h,
+            c,
+            h: h + 2,
+            w: h + 2,
             co: 1,
-            kh: 1,
-            kw: 1,
+            kh: 3,
+            kw: 3,
             stride: 1,
             ph: 0,
             pw: 0,
             dilation: 1,
         };
-        let plan = |per_part, per_group, gemm_threads| Plan {
+        let plan = |per_part, per_group, gemm_threads, rows| Plan {
             per_part,
             per_group,
             gemm_threads,
+            rows,
         };
-        // 64×64 outputs: a GEMM per image, half the batch per core.
-        assert_eq!(Plan::new(&g(32, 64), 2), plan(16, 1, 1));
+        // 64×64 outputs: a GEMM per image, half the batch per core, whole images while the
+        // patches fit BLOCK (9·64·64 elements)...
+        assert_eq!(Plan::new(&g(32, 1, 64), 2), plan(16, 1, 1, 64));
+        // ... else as many rows as fit (2¹⁸ / (288·64) = 14), or WIDE columns' worth (4 rows).
+        assert_eq!(Plan::new(&g(32, 32, 64), 2), plan(16, 1, 1, 14));
+        assert_eq!(Plan::new(&g(32, 512, 64), 2), plan(16, 1, 1, 4));
         // 3×3: a core's 16 images in one GEMM.
-        assert_eq!(Plan::new(&g(32, 3), 2), plan(16, 16, 1));
+        assert_eq!(Plan::new(&g(32, 1, 3), 2), plan(16, 16, 1, 3));
         // 7×7: about WIDE columns, 16 images as 6 + 6 + 4.
-        assert_eq!(Plan::new(&g(32, 7), 2), plan(16, 6, 1));
+        assert_eq!(Plan::new(&g(32, 1, 7), 2), plan(16, 6, 1, 7));
         // Fewer images than cores: one at a time, the GEMM itself parallel.
-        assert_eq!(Plan::new(&g(1, 3), 2), plan(1, 1, 2));
-        assert_eq!(Plan::new(&g(5, 3), 1), plan(5, 5, 1));
+        assert_eq!(Plan::new(&g(1, 1, 3), 2), plan(1, 1, 2, 3));
+        assert_eq!(Plan::new(&g(5, 1, 3), 1), plan(5, 5, 1, 3));
     }
 
     /// Pseudo-random values in [-1, 1).
@@ -900,7 +965,7 @@ mod tests {
     }
 
     #[test]
-    fn every_grouping_of_images_gives_the_same_convolution_and_gradients() {
+    fn every_grouping_of_images_and_rows_gives_the_same_convolution_and_gradients() {
         // Strided, padded per axis, pointwise; planes of 5×4 up to 6×7.
         let geometries = [
             (3, 3, 1, 1, 1),
@@ -920,6 +985,7 @@ mod tests {
                 per_part: 7,
                 per_group: 1,
                 gemm_threads: 1,
+                rows: g.out_h(),
             };
             let want = (
                 forward(&g, one, &x, &k, Some(&bias)),
@@ -945,14 +1011,22 @@ mod tests {
                 }
                 assert!((got - sum.max(0.0)).abs() < 1e-12, "{kh}×{kw} at {i}");
             }
-            for per_part in [1, 3, 4, 7] {
-                for per_group in 1..=per_part {
-                    for gemm_threads in [1, 2] {
-                        let plan = Plan {
+            let plans = [1, 3, 4, 7].into_iter().flat_map(|per_part| {
+                (1..=per_part).flat_map(move |per_group| {
+                    [1, 2].into_iter().flat_map(move |gemm_threads| {
+                        // Images alone in their group: in blocks of 1, 2, … rows.
+                        (1..=ho).map(move |rows| Plan {
                             per_part,
                             per_group,
                             gemm_threads,
-                        };
+                            rows,
+                        })
+                    })
+                })
+            });
+            for plan in plans {
+                {
+                    {
                         let got = (
                             forward(&g, plan, &x, &k, Some(&bias)),
                             input_grad(&g, plan, &k, &dy),
