@@ -312,6 +312,18 @@ fn im2col<T: Elem>(g: &Geometry, x: &[T], cols: &mut [T], ld: usize, oh: Range<u
         let src = &x[ci * plane..(ci + 1) * plane];
         let off = (j * g.dilation) as isize - g.pw as isize;
         let (lo, hi) = valid_range(off, g.stride, g.w, wo);
+        if g.stride == 1 && wo == g.w {
+            shifted_rows(
+                g,
+                src,
+                row,
+                oh.clone(),
+                (i * g.dilation) as isize - g.ph as isize,
+                off,
+                (lo, hi),
+            );
+            continue;
+        }
         for (oh, out) in oh.clone().zip(row.chunks_mut(wo)) {
             let ih = (oh * g.stride + i * g.dilation) as isize - g.ph as isize;
             if ih < 0 || ih >= g.h as isize {
@@ -321,7 +333,9 @@ fn im2col<T: Elem>(g: &Geometry, x: &[T], cols: &mut [T], ld: usize, oh: Range<u
             let line = &src[ih as usize * g.w..(ih as usize + 1) * g.w];
             out[..lo].fill(T::default());
             out[hi..].fill(T::default());
-            if g.stride == 1 {
+            if lo == hi {
+                // The kernel column falls outside the image for every output column.
+            } else if g.stride == 1 {
                 let start = (lo as isize + off) as usize;
                 out[lo..hi].copy_from_slice(&line[start..start + hi - lo]);
             } else {
@@ -329,6 +343,46 @@ fn im2col<T: Elem>(g: &Geometry, x: &[T], cols: &mut [T], ld: usize, oh: Range<u
                     *v = line[((lo + ow) as isize * g.stride as isize + off) as usize];
                 }
             }
+        }
+    }
+}
+
+/// One row of the patch matrix of a stride-1 convolution whose output rows are as wide as the
+/// input's ("same" padding across, Inception's 1×1, 1×n and n×n): output row `oh` is input row
+/// `oh + di` shifted by `dj`, so the valid rows are one copy of the plane, after which the columns
+/// outside `[lo, hi)` (which the copy filled from the neighbouring rows) are zeroed.
+fn shifted_rows<T: Elem>(
+    g: &Geometry,
+    src: &[T],
+    row: &mut [T],
+    oh: Range<usize>,
+    di: isize,
+    dj: isize,
+    (lo, hi): (usize, usize),
+) {
+    let w = g.w;
+    // Output rows t (from oh.start) whose input row oh.start + t + di is inside the image.
+    let first = (-(oh.start as isize) - di).clamp(0, oh.len() as isize) as usize;
+    let end =
+        (g.h as isize - oh.start as isize - di).clamp(first as isize, oh.len() as isize) as usize;
+    row[..first * w].fill(T::default());
+    row[end * w..].fill(T::default());
+    if first < end {
+        let start = (oh.start + first) as isize + di;
+        // The source span, clipped to the plane (only the outermost, invalid columns fall outside).
+        let (a, b) = (
+            start * w as isize + dj,
+            (start + (end - first) as isize) * w as isize + dj,
+        );
+        let (ca, cb) = (a.max(0), b.min(src.len() as isize));
+        let dst = &mut row[first * w..end * w];
+        if ca < cb {
+            dst[(ca - a) as usize..(cb - a) as usize]
+                .copy_from_slice(&src[ca as usize..cb as usize]);
+        }
+        for line in dst.chunks_mut(w) {
+            line[..lo].fill(T::default());
+            line[hi..].fill(T::default());
         }
     }
 }
@@ -350,7 +404,9 @@ fn col2im<T: Elem>(g: &Geometry, cols: &[T], ld: usize, oh: Range<usize>, dx: &m
                 continue;
             }
             let line = &mut dst[ih as usize * g.w..(ih as usize + 1) * g.w];
-            if g.stride == 1 {
+            if lo == hi {
+                // The kernel column falls outside the image for every output column.
+            } else if g.stride == 1 {
                 let start = (lo as isize + off) as usize;
                 for (d, &v) in line[start..start + hi - lo].iter_mut().zip(&grad[lo..hi]) {
                     *d += v;
@@ -966,17 +1022,20 @@ mod tests {
 
     #[test]
     fn every_grouping_of_images_and_rows_gives_the_same_convolution_and_gradients() {
-        // Strided, padded per axis, pointwise; planes of 5×4 up to 6×7.
+        // Strided, padded per axis, pointwise, on 6×7 images; a 1×7 convolution padded by 3 on
+        // 3×2 ones (its patches reach past both sides of a row).
         let geometries = [
-            (3, 3, 1, 1, 1),
-            (1, 1, 1, 0, 0),
-            (3, 1, 2, 1, 0),
-            (1, 7, 1, 0, 3),
+            (3, 3, 1, 1, 1, 6, 7),
+            (1, 1, 1, 0, 0, 6, 7),
+            (3, 1, 2, 1, 0, 6, 7),
+            (1, 7, 1, 0, 3, 6, 7),
+            (1, 7, 1, 0, 3, 3, 2),
+            (3, 3, 1, 1, 1, 3, 2),
         ];
-        for (kh, kw, stride, ph, pw) in geometries {
+        for (kh, kw, stride, ph, pw, h, w) in geometries {
             let g =
-                Geometry::from_dims(&[7, 3, 6, 7], &[4, 3, kh, kw], (ph, pw), stride, 1).unwrap();
-            let x = values(7 * 3 * 6 * 7, 1);
+                Geometry::from_dims(&[7, 3, h, w], &[4, 3, kh, kw], (ph, pw), stride, 1).unwrap();
+            let x = values(7 * 3 * h * w, 1);
             let k = values(4 * 3 * kh * kw, 2);
             let bias = values(4, 3);
             let dy = values(7 * 4 * g.hw_out(), 4);
@@ -1002,9 +1061,9 @@ mod tests {
                         for e in 0..kw {
                             let ih = (oh * stride + a) as isize - ph as isize;
                             let iw = (ow * stride + e) as isize - pw as isize;
-                            if (0..6).contains(&ih) && (0..7).contains(&iw) {
+                            if (0..h as isize).contains(&ih) && (0..w as isize).contains(&iw) {
                                 sum += k[((co * 3 + ci) * kh + a) * kw + e]
-                                    * x[((b * 3 + ci) * 6 + ih as usize) * 7 + iw as usize];
+                                    * x[((b * 3 + ci) * h + ih as usize) * w + iw as usize];
                             }
                         }
                     }
