@@ -361,10 +361,7 @@ fn shifted_rows<T: Elem>(
     (lo, hi): (usize, usize),
 ) {
     let w = g.w;
-    // Output rows t (from oh.start) whose input row oh.start + t + di is inside the image.
-    let first = (-(oh.start as isize) - di).clamp(0, oh.len() as isize) as usize;
-    let end =
-        (g.h as isize - oh.start as isize - di).clamp(first as isize, oh.len() as isize) as usize;
+    let (first, end) = valid_rows(g, &oh, di);
     row[..first * w].fill(T::default());
     row[end * w..].fill(T::default());
     if first < end {
@@ -387,6 +384,15 @@ fn shifted_rows<T: Elem>(
     }
 }
 
+/// The output rows `oh.start + t`, `t` in `[first, end)`, whose input row `oh.start + t + di` (stride
+/// 1) is inside the image.
+fn valid_rows(g: &Geometry, oh: &Range<usize>, di: isize) -> (usize, usize) {
+    let first = (-(oh.start as isize) - di).clamp(0, oh.len() as isize) as usize;
+    let end =
+        (g.h as isize - oh.start as isize - di).clamp(first as isize, oh.len() as isize) as usize;
+    (first, end)
+}
+
 /// The adjoint of [`im2col`]: adds each patch entry back onto the input pixel it came from.
 fn col2im<T: Elem>(g: &Geometry, cols: &[T], ld: usize, oh: Range<usize>, dx: &mut [T]) {
     let wo = g.out_w();
@@ -398,6 +404,19 @@ fn col2im<T: Elem>(g: &Geometry, cols: &[T], ld: usize, oh: Range<usize>, dx: &m
         let dst = &mut dx[ci * plane..(ci + 1) * plane];
         let off = (j * g.dilation) as isize - g.pw as isize;
         let (lo, hi) = valid_range(off, g.stride, g.w, wo);
+        if g.stride == 1 && wo == g.w && (lo, hi) == (0, wo) {
+            // Every column valid and unshifted (1×1, n×1, the middle column of 3×3 and 1×n):
+            // the valid output rows add onto consecutive input rows at once.
+            let (first, end) = valid_rows(g, &oh, (i * g.dilation) as isize - g.ph as isize);
+            if first < end {
+                let start = (oh.start + first + i * g.dilation - g.ph) * g.w;
+                let span = &mut dst[start..start + (end - first) * wo];
+                for (d, &v) in span.iter_mut().zip(&row[first * wo..end * wo]) {
+                    *d += v;
+                }
+            }
+            continue;
+        }
         for (oh, grad) in oh.clone().zip(row.chunks(wo)) {
             let ih = (oh * g.stride + i * g.dilation) as isize - g.ph as isize;
             if ih < 0 || ih >= g.h as isize {
