@@ -12,6 +12,8 @@
 //!   training-mode batch norm and a convolution whose backward runs on candle's fast forward kernel.
 //! - [`counter`]: reproducible weights shared with `scripts/inception_parity.py`.
 //! - [`pth`]: [`write_pth`], any map of f32, f64 and i64 tensors as a PyTorch `.pth` file.
+//! - [`on_workers`]: where to run the model on the CPU (a thread of rayon's pool, which the
+//!   kernels in [`conv`] and [`ops`] share out their work on).
 //!
 //! Inputs are N×3×H×W, scaled to [-1, 1], H and W ≥ 75 (299 for the aux head). torchvision's
 //! `transform_input` (which maps ImageNet-normalised inputs back to [-1, 1]) is not offered: feed
