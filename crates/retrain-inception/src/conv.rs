@@ -510,78 +510,97 @@ pub(crate) fn forward<T: Elem>(
         let t = v + b;
         if t > T::default() { t } else { T::default() }
     };
-    x.par_chunks(plan.per_part * in_len)
-        .zip(y.par_chunks_mut(plan.per_part * out_len))
-        .for_each(|(xs, ys)| {
-            T::with_scratch(|cols, wide_out| {
-                let groups = xs
-                    .chunks(plan.per_group * in_len)
-                    .zip(ys.chunks_mut(plan.per_group * out_len));
-                for (xg, yg) in groups {
-                    let m = xg.len() / in_len;
-                    if m == 1 {
-                        // One image: its output is the GEMMs' destination.
-                        if g.pointwise() {
-                            gemm(
-                                (k, View::rows(g.co, kk, kk)),
-                                (xg, View::rows(kk, hw, hw)),
-                                (yg, View::rows(g.co, hw, hw)),
-                                false,
-                                plan.gemm_threads,
-                            );
-                        }
-                        for oh in blocks(g, plan) {
-                            let width = oh.len() * g.out_w();
-                            let cols = grow(cols, kk * width);
-                            im2col(g, xg, cols, width, oh.clone());
-                            gemm(
-                                (k, View::rows(g.co, kk, kk)),
-                                (cols, View::rows(kk, width, width)),
-                                (&mut yg[oh.start * g.out_w()..], View::rows(g.co, width, hw)),
-                                false,
-                                plan.gemm_threads,
-                            );
-                        }
-                        if let Some(bias) = bias {
-                            for (plane, &b) in yg.chunks_mut(hw).zip(bias) {
-                                for v in plane {
-                                    *v = bias_relu(*v, b);
-                                }
-                            }
-                        }
-                        continue;
-                    }
-                    // Several: one GEMM writes `co × m·hw`, each image's planes copied out.
-                    let wide = m * hw;
-                    let cols = grow(cols, kk * wide);
-                    for (i, xi) in xg.chunks(in_len).enumerate() {
-                        im2col(g, xi, &mut cols[i * hw..], wide, 0..g.out_h());
-                    }
-                    let out = grow(wide_out, g.co * wide);
+    over_groups(
+        plan,
+        (x, in_len),
+        (&mut y, out_len),
+        |xg, yg, m, cols, wide_out| {
+            if m == 1 {
+                // One image: its output is the GEMMs' destination.
+                if g.pointwise() {
                     gemm(
                         (k, View::rows(g.co, kk, kk)),
-                        (cols, View::rows(kk, wide, wide)),
-                        (out, View::rows(g.co, wide, wide)),
+                        (xg, View::rows(kk, hw, hw)),
+                        (yg, View::rows(g.co, hw, hw)),
                         false,
                         plan.gemm_threads,
                     );
-                    for (i, yi) in yg.chunks_mut(out_len).enumerate() {
-                        for (c, plane) in yi.chunks_mut(hw).enumerate() {
-                            let src = &out[c * wide + i * hw..][..hw];
-                            match bias {
-                                Some(bias) => {
-                                    for (v, &s) in plane.iter_mut().zip(src) {
-                                        *v = bias_relu(s, bias[c]);
-                                    }
-                                }
-                                None => plane.copy_from_slice(src),
-                            }
+                }
+                for oh in blocks(g, plan) {
+                    let width = oh.len() * g.out_w();
+                    let cols = grow(cols, kk * width);
+                    im2col(g, xg, cols, width, oh.clone());
+                    gemm(
+                        (k, View::rows(g.co, kk, kk)),
+                        (cols, View::rows(kk, width, width)),
+                        (&mut yg[oh.start * g.out_w()..], View::rows(g.co, width, hw)),
+                        false,
+                        plan.gemm_threads,
+                    );
+                }
+                if let Some(bias) = bias {
+                    for (plane, &b) in yg.chunks_mut(hw).zip(bias) {
+                        for v in plane {
+                            *v = bias_relu(*v, b);
                         }
                     }
                 }
+                return;
+            }
+            // Several: one GEMM writes `co × m·hw`, each image's planes copied out.
+            let wide = m * hw;
+            let cols = grow(cols, kk * wide);
+            for (i, xi) in xg.chunks(in_len).enumerate() {
+                im2col(g, xi, &mut cols[i * hw..], wide, 0..g.out_h());
+            }
+            let out = grow(wide_out, g.co * wide);
+            gemm(
+                (k, View::rows(g.co, kk, kk)),
+                (cols, View::rows(kk, wide, wide)),
+                (out, View::rows(g.co, wide, wide)),
+                false,
+                plan.gemm_threads,
+            );
+            for (i, yi) in yg.chunks_mut(out_len).enumerate() {
+                for (c, plane) in yi.chunks_mut(hw).enumerate() {
+                    let src = &out[c * wide + i * hw..][..hw];
+                    match bias {
+                        Some(bias) => {
+                            for (v, &s) in plane.iter_mut().zip(src) {
+                                *v = bias_relu(s, bias[c]);
+                            }
+                        }
+                        None => plane.copy_from_slice(src),
+                    }
+                }
+            }
+        },
+    );
+    y
+}
+
+/// Runs `per_group(inputs, outputs, m, scratch, scratch)` over a batch as `plan` spreads it: the
+/// cores' runs of images in parallel, each in groups of up to `plan.per_group` (`m` in this one),
+/// with the thread's two scratch buffers; `in_len` and `out_len` are one image's lengths.
+fn over_groups<T: Elem>(
+    plan: Plan,
+    (input, in_len): (&[T], usize),
+    (output, out_len): (&mut [T], usize),
+    per_group: impl Fn(&[T], &mut [T], usize, &mut Vec<T>, &mut Vec<T>) + Sync,
+) {
+    input
+        .par_chunks(plan.per_part * in_len)
+        .zip(output.par_chunks_mut(plan.per_part * out_len))
+        .for_each(|(ins, outs)| {
+            T::with_scratch(|a, b| {
+                let groups = ins
+                    .chunks(plan.per_group * in_len)
+                    .zip(outs.chunks_mut(plan.per_group * out_len));
+                for (ig, og) in groups {
+                    per_group(ig, og, ig.len() / in_len, a, b);
+                }
             })
         });
-    y
 }
 
 /// The output row blocks of one image alone in its group: none for a pointwise convolution (its
@@ -601,57 +620,52 @@ pub(crate) fn input_grad<T: Elem>(g: &Geometry, plan: Plan, k: &[T], dy: &[T]) -
     let mut dx = zeros(g.n * in_len);
     // Wᵀ: K × Co, read from the Co × K kernel with row stride 1 and column stride K.
     let kt = View::cols(kk, g.co, kk);
-    dy.par_chunks(plan.per_part * out_len)
-        .zip(dx.par_chunks_mut(plan.per_part * in_len))
-        .for_each(|(dys, dxs)| {
-            T::with_scratch(|gathered, cols| {
-                let groups = dys
-                    .chunks(plan.per_group * out_len)
-                    .zip(dxs.chunks_mut(plan.per_group * in_len));
-                for (dyg, dxg) in groups {
-                    let m = dyg.len() / out_len;
-                    if m == 1 {
-                        if g.pointwise() {
-                            // The image's gradient is the GEMM's destination.
-                            gemm(
-                                (k, kt),
-                                (dyg, View::rows(g.co, hw, hw)),
-                                (dxg, View::rows(kk, hw, hw)),
-                                false,
-                                plan.gemm_threads,
-                            );
-                        }
-                        for oh in blocks(g, plan) {
-                            let width = oh.len() * g.out_w();
-                            let cols = grow(cols, kk * width);
-                            gemm(
-                                (k, kt),
-                                (&dyg[oh.start * g.out_w()..], View::rows(g.co, width, hw)),
-                                (cols, View::rows(kk, width, width)),
-                                false,
-                                plan.gemm_threads,
-                            );
-                            col2im(g, cols, width, oh, dxg);
-                        }
-                        continue;
-                    }
-                    let wide = m * hw;
-                    let d = grow(gathered, g.co * wide);
-                    gather(g.co, hw, dyg, d);
-                    let cols = grow(cols, kk * wide);
+    over_groups(
+        plan,
+        (dy, out_len),
+        (&mut dx, in_len),
+        |dyg, dxg, m, gathered, cols| {
+            if m == 1 {
+                if g.pointwise() {
+                    // The image's gradient is the GEMM's destination.
                     gemm(
                         (k, kt),
-                        (d, View::rows(g.co, wide, wide)),
-                        (cols, View::rows(kk, wide, wide)),
+                        (dyg, View::rows(g.co, hw, hw)),
+                        (dxg, View::rows(kk, hw, hw)),
                         false,
                         plan.gemm_threads,
                     );
-                    for (i, dxi) in dxg.chunks_mut(in_len).enumerate() {
-                        col2im(g, &cols[i * hw..], wide, 0..g.out_h(), dxi);
-                    }
                 }
-            })
-        });
+                for oh in blocks(g, plan) {
+                    let width = oh.len() * g.out_w();
+                    let cols = grow(cols, kk * width);
+                    gemm(
+                        (k, kt),
+                        (&dyg[oh.start * g.out_w()..], View::rows(g.co, width, hw)),
+                        (cols, View::rows(kk, width, width)),
+                        false,
+                        plan.gemm_threads,
+                    );
+                    col2im(g, cols, width, oh, dxg);
+                }
+                return;
+            }
+            let wide = m * hw;
+            let d = grow(gathered, g.co * wide);
+            gather(g.co, hw, dyg, d);
+            let cols = grow(cols, kk * wide);
+            gemm(
+                (k, kt),
+                (d, View::rows(g.co, wide, wide)),
+                (cols, View::rows(kk, wide, wide)),
+                false,
+                plan.gemm_threads,
+            );
+            for (i, dxi) in dxg.chunks_mut(in_len).enumerate() {
+                col2im(g, &cols[i * hw..], wide, 0..g.out_h(), dxi);
+            }
+        },
+    );
     dx
 }
 
