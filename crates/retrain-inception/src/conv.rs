@@ -484,6 +484,18 @@ impl Plan {
     }
 }
 
+/// The patch matrices of a group's images (`xg`, one after the other) side by side, as one
+/// `K × m·HoWo` matrix in `cols`.
+fn group_patches<'a, T: Elem>(g: &Geometry, xg: &[T], cols: &'a mut Vec<T>) -> &'a mut [T] {
+    let (hw, in_len) = (g.hw_out(), g.c * g.h * g.w);
+    let wide = xg.len() / in_len * hw;
+    let cols = grow(cols, g.k() * wide);
+    for (i, xi) in xg.chunks(in_len).enumerate() {
+        im2col(g, xi, &mut cols[i * hw..], wide, 0..g.out_h());
+    }
+    cols
+}
+
 /// `m` images' `rows × plane` matrices (`src`, one after the other) side by side as one
 /// `rows × m·plane` matrix in `dst`.
 fn gather<T: Elem>(rows: usize, plane: usize, src: &[T], dst: &mut [T]) {
@@ -549,10 +561,7 @@ pub(crate) fn forward<T: Elem>(
             }
             // Several: one GEMM writes `co × m·hw`, each image's planes copied out.
             let wide = m * hw;
-            let cols = grow(cols, kk * wide);
-            for (i, xi) in xg.chunks(in_len).enumerate() {
-                im2col(g, xi, &mut cols[i * hw..], wide, 0..g.out_h());
-            }
+            let cols = group_patches(g, xg, cols);
             let out = grow(wide_out, g.co * wide);
             gemm(
                 (k, View::rows(g.co, kk, kk)),
@@ -714,10 +723,7 @@ pub(crate) fn kernel_grad<T: Elem>(g: &Geometry, plan: Plan, x: &[T], dy: &[T]) 
                         continue;
                     }
                     let wide = m * hw;
-                    let cols = grow(cols, kk * wide);
-                    for (i, xi) in xg.chunks(in_len).enumerate() {
-                        im2col(g, xi, &mut cols[i * hw..], wide, 0..g.out_h());
-                    }
+                    let cols = group_patches(g, xg, cols);
                     let d = grow(gathered, g.co * wide);
                     gather(g.co, hw, dyg, d);
                     gemm(

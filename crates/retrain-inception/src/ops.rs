@@ -413,22 +413,28 @@ pub fn batch_norm_train(
 /// result every run).
 const LANES: usize = 16;
 
-/// `Σᵢ f(a[i], b[i])` over two equally long slices: `LANES` partial sums in `T`, added in f64.
-fn lane_sum<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> f64 {
+/// The `K` sums `Σᵢ f(a[i], b[i])[k]` over two equally long slices, in one pass: `LANES` partial
+/// sums each in `T`, added in f64.
+fn lane_sums<T: Float, const K: usize>(a: &[T], b: &[T], f: impl Fn(T, T) -> [T; K]) -> [f64; K] {
     let (a_chunks, a_rest) = a.as_chunks::<LANES>();
     let (b_chunks, b_rest) = b[..a.len()].as_chunks::<LANES>();
-    let mut acc = [T::ZERO; LANES];
+    let mut acc = [[T::ZERO; LANES]; K];
     for (a, b) in a_chunks.iter().zip(b_chunks) {
         for i in 0..LANES {
-            acc[i] += f(a[i], b[i]);
+            let terms = f(a[i], b[i]);
+            for k in 0..K {
+                acc[k][i] += terms[k];
+            }
         }
     }
-    let rest: f64 = a_rest
-        .iter()
-        .zip(b_rest)
-        .map(|(&a, &b)| f(a, b).to_f64())
-        .sum();
-    acc.iter().map(|v| v.to_f64()).sum::<f64>() + rest
+    std::array::from_fn(|k| {
+        let rest: f64 = a_rest
+            .iter()
+            .zip(b_rest)
+            .map(|(&a, &b)| f(a, b)[k].to_f64())
+            .sum();
+        acc[k].iter().map(|v| v.to_f64()).sum::<f64>() + rest
+    })
 }
 
 /// The planes of channel `ch` in a contiguous N×C×H×W slice.
@@ -450,14 +456,17 @@ fn channel_stats<T: Float>(x: &[T], n: usize, c: usize, hw: usize) -> Vec<(f64, 
         .map(|ch| {
             let count = (n * hw) as f64;
             let planes = || channel_planes(x, n, c, hw, ch);
-            let mean = planes().map(|p| lane_sum(p, p, |v, _| v)).sum::<f64>() / count;
+            let mean = planes()
+                .map(|p| lane_sums(p, p, |v, _| [v])[0])
+                .sum::<f64>()
+                / count;
             let m = T::from_f64(mean);
             let var = planes()
                 .map(|p| {
-                    lane_sum(p, p, |v, _| {
+                    lane_sums(p, p, |v, _| {
                         let d = v - m;
-                        d * d
-                    })
+                        [d * d]
+                    })[0]
                 })
                 .sum::<f64>()
                 / count;
@@ -592,8 +601,12 @@ impl BatchNormTrain {
                 let planes = channel_planes(x, n, c, hw, ch).zip(channel_planes(dy, n, c, hw, ch));
                 let (mut sum_dz, mut sum_dz_xc) = (0.0, 0.0);
                 for (x, dy) in planes {
-                    sum_dz += lane_sum(x, dy, |x, dy| passed(ch, x, dy));
-                    sum_dz_xc += lane_sum(x, dy, |x, dy| passed(ch, x, dy) * (x - m));
+                    let [dz, dz_xc] = lane_sums(x, dy, |x, dy| {
+                        let dz = passed(ch, x, dy);
+                        [dz, dz * (x - m)]
+                    });
+                    sum_dz += dz;
+                    sum_dz_xc += dz_xc;
                 }
                 (sum_dz, sum_dz_xc * affine[ch].2)
             })
