@@ -4,8 +4,10 @@
 //!   that counts toward the divisor (`count_include_pad=True`, PyTorch's default), floor mode.
 //!   candle's own pools take no padding and refuse a backward pass when kernel ≠ stride, which is
 //!   every pool in Inception-v3 (3×3/s1/p1 average, 3×3/s2 max, the aux head's 5×5/s3 average).
-//!   On the CPU it is a [`CustomOp1`] with a direct loop, parallel over planes, whose backward is a
-//!   [`CustomOp2`] of (input, output gradient); on other devices it is [`Pool2d::forward_composed`],
+//!   On the CPU it is a [`CustomOp1`], parallel over planes, whose backward is a [`CustomOp2`] of
+//!   (input, output gradient): per output row, the window's input rows are folded element-wise into
+//!   one row and the kernel's column offsets folded along it (the average's backward spreads the
+//!   other way), so the inner loops are runs of contiguous values that vectorise; on other devices it is [`Pool2d::forward_composed`],
 //!   a composition of differentiable candle ops (pad, narrow, reshape, add/maximum) that gives the
 //!   same values and gradients (up to ties between equal maxima).
 //! - [`batch_norm_train`]: training-mode batch normalisation over N×C×H×W on the CPU as one
@@ -21,6 +23,7 @@ use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, bail,
 };
 use rayon::prelude::*;
+use std::ops::Range;
 
 use crate::conv::zeros;
 
@@ -208,55 +211,173 @@ fn window(o: usize, stride: usize, padding: usize, kernel: usize, len: usize) ->
     (lo, hi)
 }
 
+/// For kernel offset `d` along an axis of `len` inputs and `out_len` outputs: the outputs `o`
+/// whose input `o·stride + d − padding` lies inside the axis, and the input of the first of them.
+fn taps(
+    d: usize,
+    (stride, padding): (usize, usize),
+    len: usize,
+    out_len: usize,
+) -> (Range<usize>, usize) {
+    let lo = padding.saturating_sub(d).div_ceil(stride);
+    // The last output reaching inside: o·stride + d − padding ≤ len − 1.
+    let hi = match (len + padding).checked_sub(d + 1) {
+        Some(last) => (last / stride + 1).min(out_len),
+        None => 0,
+    };
+    (lo..hi.max(lo), (lo * stride + d).saturating_sub(padding))
+}
+
+/// `f(out[o], line[first + (o − lo)·stride])` for the outputs `o` in `outs`: a plain zip of two
+/// slices when `stride` is 1, so that it vectorises.
+fn along<T: Copy>(
+    out: &mut [T],
+    (outs, first): (Range<usize>, usize),
+    line: &[T],
+    stride: usize,
+    f: impl Fn(&mut T, T),
+) {
+    let out = &mut out[outs];
+    if stride == 1 {
+        for (o, &v) in out.iter_mut().zip(&line[first..]) {
+            f(o, v);
+        }
+    } else {
+        for (o, &v) in out.iter_mut().zip(line[first..].iter().step_by(stride)) {
+            f(o, v);
+        }
+    }
+}
+
+/// [`along`] the other way: `f(line[first + (o − lo)·stride], out[o])`.
+fn scatter_along<T: Copy>(
+    line: &mut [T],
+    (outs, first): (Range<usize>, usize),
+    out: &[T],
+    stride: usize,
+    f: impl Fn(&mut T, T),
+) {
+    let out = &out[outs];
+    if stride == 1 {
+        for (l, &v) in line[first..].iter_mut().zip(out) {
+            f(l, v);
+        }
+    } else {
+        for (l, &v) in line[first..].iter_mut().step_by(stride).zip(out) {
+            f(l, v);
+        }
+    }
+}
+
+fn add<T: Float>(a: &mut T, b: T) {
+    *a += b;
+}
+
+fn max<T: Float>(a: &mut T, b: T) {
+    *a = if b > *a { b } else { *a };
+}
+
 impl Pool2d {
-    fn fwd_plane<T: Float>(&self, x: &[T], out: &mut [T], h: usize, w: usize, ow: usize) {
-        let scale = T::from_f64(1.0 / (self.kernel * self.kernel) as f64);
-        for (oy, row) in out.chunks_mut(ow).enumerate() {
-            let (y0, y1) = window(oy, self.stride, self.padding, self.kernel, h);
-            for (ox, o) in row.iter_mut().enumerate() {
-                let (x0, x1) = window(ox, self.stride, self.padding, self.kernel, w);
-                match self.kind {
-                    PoolKind::Avg => {
-                        let mut sum = T::ZERO;
-                        for y in y0..y1 {
-                            for v in &x[y * w + x0..y * w + x1] {
-                                sum += *v;
-                            }
-                        }
-                        *o = sum * scale;
+    /// One plane, an output row at a time: the window's input rows folded into one row (summed or
+    /// maxed, element-wise, so it vectorises), then each kernel column's offset folded along it.
+    fn fwd_plane<T: Float>(
+        &self,
+        x: &[T],
+        out: &mut [T],
+        (h, w, ow): (usize, usize, usize),
+        rows: &mut Vec<T>,
+    ) {
+        match self.kind {
+            PoolKind::Avg => {
+                let scale = T::from_f64(1.0 / (self.kernel * self.kernel) as f64);
+                self.fold_rows(x, out, (h, w, ow), rows, add, |orow, rows| {
+                    orow.fill(T::ZERO);
+                    for d in 0..self.kernel {
+                        along(
+                            orow,
+                            taps(d, (self.stride, self.padding), w, ow),
+                            rows,
+                            self.stride,
+                            add,
+                        );
                     }
-                    PoolKind::Max => {
-                        let mut best = x[y0 * w + x0];
-                        for y in y0..y1 {
-                            for &v in &x[y * w + x0..y * w + x1] {
-                                if v > best {
-                                    best = v;
-                                }
-                            }
-                        }
-                        *o = best;
+                    for o in orow {
+                        *o = *o * scale;
+                    }
+                })
+            }
+            // No padding: offset 0 reaches every output and starts its maximum.
+            PoolKind::Max => self.fold_rows(x, out, (h, w, ow), rows, max, |orow, rows| {
+                for d in 0..self.kernel {
+                    let taps = taps(d, (self.stride, 0), w, ow);
+                    match d {
+                        0 => along(orow, taps, rows, self.stride, |o, v| *o = v),
+                        _ => along(orow, taps, rows, self.stride, max),
                     }
                 }
-            }
+            }),
         }
     }
 
-    fn bwd_plane<T: Float>(&self, x: &[T], g: &[T], gx: &mut [T], h: usize, w: usize, ow: usize) {
-        let scale = T::from_f64(1.0 / (self.kernel * self.kernel) as f64);
-        for (oy, grow) in g.chunks(ow).enumerate() {
+    /// For each output row: `fold` over the window's input rows into `rows`, then `finish(output
+    /// row, rows)`.
+    fn fold_rows<T: Float>(
+        &self,
+        x: &[T],
+        out: &mut [T],
+        (h, w, ow): (usize, usize, usize),
+        rows: &mut Vec<T>,
+        fold: impl Fn(&mut T, T),
+        finish: impl Fn(&mut [T], &[T]),
+    ) {
+        for (oy, orow) in out.chunks_mut(ow).enumerate() {
             let (y0, y1) = window(oy, self.stride, self.padding, self.kernel, h);
-            for (ox, &go) in grow.iter().enumerate() {
-                let (x0, x1) = window(ox, self.stride, self.padding, self.kernel, w);
-                match self.kind {
-                    PoolKind::Avg => {
-                        let share = go * scale;
-                        for y in y0..y1 {
-                            for v in &mut gx[y * w + x0..y * w + x1] {
-                                *v += share;
-                            }
+            rows.clear();
+            rows.extend_from_slice(&x[y0 * w..][..w]);
+            for y in y0 + 1..y1 {
+                for (r, &v) in rows.iter_mut().zip(&x[y * w..][..w]) {
+                    fold(r, v);
+                }
+            }
+            finish(orow, rows);
+        }
+    }
+
+    /// One plane's input gradient, an output row at a time. Average: the row's gradients spread
+    /// along a row (each kernel column's offset), scaled, and added to each input row of the
+    /// window. Max: the window's first largest input in row-major order (PyTorch's choice on
+    /// ties) receives the gradient.
+    fn bwd_plane<T: Float>(
+        &self,
+        x: &[T],
+        g: &[T],
+        gx: &mut [T],
+        (h, w, ow): (usize, usize, usize),
+        rows: &mut Vec<T>,
+    ) {
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
+        for (oy, grow) in g.chunks(ow).enumerate() {
+            let (y0, y1) = window(oy, s, p, k, h);
+            match self.kind {
+                PoolKind::Avg => {
+                    let scale = T::from_f64(1.0 / (k * k) as f64);
+                    rows.clear();
+                    rows.resize(w, T::ZERO);
+                    for d in 0..k {
+                        scatter_along(rows, taps(d, (s, p), w, ow), grow, s, add);
+                    }
+                    for r in rows.iter_mut() {
+                        *r = *r * scale;
+                    }
+                    for y in y0..y1 {
+                        for (gx, &r) in gx[y * w..][..w].iter_mut().zip(rows.iter()) {
+                            *gx += r;
                         }
                     }
-                    PoolKind::Max => {
+                }
+                PoolKind::Max => {
+                    for (ox, &go) in grow.iter().enumerate() {
+                        let (x0, x1) = window(ox, s, 0, k, w);
                         let mut best = x[y0 * w + x0];
                         let mut at = y0 * w + x0;
                         for y in y0..y1 {
@@ -281,7 +402,9 @@ impl Pool2d {
         if oh * ow > 0 {
             out.par_chunks_mut(oh * ow)
                 .zip(x.par_chunks(h * w))
-                .for_each(|(o, x)| self.fwd_plane(x, o, h, w, ow));
+                .for_each_init(Vec::new, |rows, (o, x)| {
+                    self.fwd_plane(x, o, (h, w, ow), rows)
+                });
         }
         Ok((out, Shape::from((n, c, oh, ow))))
     }
@@ -299,7 +422,9 @@ impl Pool2d {
         if oh * ow > 0 {
             gx.par_chunks_mut(h * w)
                 .zip(x.par_chunks(h * w).zip(g.par_chunks(oh * ow)))
-                .for_each(|(gx, (x, g))| self.bwd_plane(x, g, gx, h, w, ow));
+                .for_each_init(Vec::new, |rows, (gx, (x, g))| {
+                    self.bwd_plane(x, g, gx, (h, w, ow), rows)
+                });
         }
         Ok(gx)
     }

@@ -159,6 +159,52 @@ fn per_axis_padded_convolutions_have_exact_gradients() {
     }
 }
 
+/// Every kernel, stride and padding the pools accept (not only Inception's three), on planes wider,
+/// taller and smaller than the window: the row-folding kernels reach every window's edge.
+#[test]
+fn every_kernel_stride_and_padding_matches_the_naive_pool_and_finite_differences() {
+    let mut pools = Vec::new();
+    for kernel in 1..=5 {
+        for stride in 1..=3 {
+            for padding in 0..=kernel / 2 {
+                pools.push(Pool2d {
+                    kind: PoolKind::Avg,
+                    kernel,
+                    stride,
+                    padding,
+                });
+            }
+            pools.push(Pool2d {
+                kind: PoolKind::Max,
+                kernel,
+                stride,
+                padding: 0,
+            });
+        }
+    }
+    for pool in pools {
+        for dims in [[2, 3, 7, 10], [1, 2, 5, 5], [1, 1, 12, 6]] {
+            let xs = input(&dims, 5);
+            let Ok(got) = pool.forward(&xs) else {
+                // The window does not fit: refused, as the naive pool cannot run either.
+                assert!(pool.out_len(dims[2]).is_none() || pool.out_len(dims[3]).is_none());
+                continue;
+            };
+            let got = got.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let want = naive(&pool, &xs);
+            assert_eq!(got.len(), want.len(), "{pool:?} {dims:?}");
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-12, "{pool:?} {dims:?}: {g} vs {w}");
+            }
+        }
+        check_gradient(
+            &|x| pool.forward(x).unwrap(),
+            &[1, 2, 7, 6],
+            &format!("{pool:?}"),
+        );
+    }
+}
+
 #[test]
 fn pools_refuse_bad_shapes() {
     let tiny = Tensor::zeros((1, 1, 2, 2), DType::F32, &Device::Cpu).unwrap();
