@@ -482,32 +482,41 @@ fn inception(args: &BenchArgs) -> anyhow::Result<()> {
             .parse()?;
         Ok((rate, read_peak_kib(&rss_file)?))
     };
+    // Ours and PyTorch alternate, `--runs` rounds per case, so that a drift in the machine's
+    // speed over minutes (this VM's PyTorch figures move by a third between hours) reaches both.
     let mut rows = Vec::new();
     for (mode, size, batch, steps) in cases {
         let case = format!("{mode} {size}×{size}, batch {batch}");
-        let mut ours = Command::new(&ours_bin);
-        ours.args(["bench", "--size", size, "--batch", batch, "--mode", mode])
-            .args(["--steps", steps])
-            .env("RUST_LOG", "warn");
-        let ours = measure(ours)?;
-        eprintln!("bench: inception / {case}: {:.2} images/s", ours.0);
-        let theirs = if torch {
-            let mut cmd = Command::new(&python);
-            cmd.arg(root.join("scripts/inception_parity.py"))
-                .args(["bench", size, batch, steps]);
-            if mode == "train" {
-                cmd.arg("train");
-            }
-            let theirs = measure(cmd)?;
+        let mut rounds: Vec<Round> = Vec::new();
+        for round in 1..=args.runs {
+            let mut ours = Command::new(&ours_bin);
+            ours.args(["bench", "--size", size, "--batch", batch, "--mode", mode])
+                .args(["--steps", steps])
+                .env("RUST_LOG", "warn");
+            let ours = measure(ours)?;
             eprintln!(
-                "bench: inception / {case}, PyTorch: {:.2} images/s",
-                theirs.0
+                "bench: inception / {case}, round {round}: {:.2} images/s",
+                ours.0
             );
-            Some(theirs)
-        } else {
-            None
-        };
-        rows.push((case, ours, theirs));
+            let theirs = if torch {
+                let mut cmd = Command::new(&python);
+                cmd.arg(root.join("scripts/inception_parity.py"))
+                    .args(["bench", size, batch, steps]);
+                if mode == "train" {
+                    cmd.arg("train");
+                }
+                let theirs = measure(cmd)?;
+                eprintln!(
+                    "bench: inception / {case}, round {round}, PyTorch: {:.2} images/s",
+                    theirs.0
+                );
+                Some(theirs)
+            } else {
+                None
+            };
+            rounds.push((ours, theirs));
+        }
+        rows.push((case, summarise(&rounds)));
     }
     let gib = |kib: Option<u64>| {
         kib.map_or("–".to_owned(), |k| {
@@ -517,26 +526,72 @@ fn inception(args: &BenchArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "\nInception-v3 on the CPU (f32, 2 threads), images per second\n"
+        "\nInception-v3 on the CPU (f32, 2 threads), images per second: median of {} \
+         alternating rounds; the ratio is the median round's, with the rounds' range\n",
+        args.runs
     )?;
     writeln!(
         out,
         "| case | retrain-inception | PyTorch | ours / PyTorch | peak memory, ours | PyTorch |"
     )?;
     writeln!(out, "|---|---:|---:|---:|---:|---:|")?;
-    for (case, (ours, ours_kib), theirs) in rows {
-        let (rate, ratio, kib) = match theirs {
-            Some((t, kib)) => (format!("{t:.2}"), format!("{:.2}×", ours / t), kib),
-            None => ("not installed".to_owned(), "–".to_owned(), None),
+    for (case, row) in rows {
+        let (rate, ratio) = match row.theirs {
+            Some(t) => (
+                format!("{t:.2}"),
+                format!(
+                    "{:.2}× ({:.2}–{:.2})",
+                    row.ratios[row.ratios.len() / 2],
+                    row.ratios[0],
+                    row.ratios[row.ratios.len() - 1]
+                ),
+            ),
+            None => ("not installed".to_owned(), "–".to_owned()),
         };
         writeln!(
             out,
-            "| {case} | {ours:.2} | {rate} | {ratio} | {} | {} |",
-            gib(ours_kib),
-            gib(kib)
+            "| {case} | {:.2} | {rate} | {ratio} | {} | {} |",
+            row.ours,
+            gib(row.ours_kib),
+            gib(row.theirs_kib)
         )?;
     }
     Ok(())
+}
+
+/// One case's rounds, summarised: median rates, the rounds' ratios (sorted) and peak memories.
+struct Summary {
+    ours: f64,
+    theirs: Option<f64>,
+    ratios: Vec<f64>,
+    ours_kib: Option<u64>,
+    theirs_kib: Option<u64>,
+}
+
+/// One run's images/s and peak KiB.
+type Run = (f64, Option<u64>);
+
+/// One round: our run, and PyTorch's where it is installed.
+type Round = (Run, Option<Run>);
+
+fn summarise(rounds: &[Round]) -> Summary {
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let theirs: Vec<Run> = rounds.iter().filter_map(|r| r.1).collect();
+    let mut ratios: Vec<f64> = rounds
+        .iter()
+        .filter_map(|((ours, _), theirs)| theirs.map(|(t, _)| ours / t))
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    Summary {
+        ours: median(rounds.iter().map(|r| r.0.0).collect()),
+        theirs: (!theirs.is_empty()).then(|| median(theirs.iter().map(|t| t.0).collect())),
+        ratios,
+        ours_kib: rounds.iter().filter_map(|r| r.0.1).max(),
+        theirs_kib: theirs.iter().filter_map(|t| t.1).max(),
+    }
 }
 
 /// `cmd` run under GNU `/usr/bin/time`, which writes its peak resident set (KiB) to `rss_file`;
@@ -969,4 +1024,24 @@ fn stdout_of(cmd: &mut Command) -> anyhow::Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_summary_takes_medians_and_keeps_every_rounds_ratio() {
+        let rounds = [
+            ((20.0, Some(100)), Some((10.0, Some(300)))),
+            ((18.0, Some(120)), Some((24.0, Some(200)))),
+            ((22.0, Some(110)), Some((20.0, Some(250)))),
+        ];
+        let s = summarise(&rounds);
+        assert_eq!((s.ours, s.theirs), (20.0, Some(20.0)));
+        assert_eq!(s.ratios, [0.75, 1.1, 2.0]);
+        assert_eq!((s.ours_kib, s.theirs_kib), (Some(120), Some(300)));
+        let alone = summarise(&[((5.0, None), None)]);
+        assert_eq!((alone.ours, alone.theirs, alone.ratios.len()), (5.0, None, 0));
+    }
 }
