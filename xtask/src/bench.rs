@@ -1042,6 +1042,9 @@ mod tests {
         assert_eq!(s.ratios, [0.75, 1.1, 2.0]);
         assert_eq!((s.ours_kib, s.theirs_kib), (Some(120), Some(300)));
         let alone = summarise(&[((5.0, None), None)]);
-        assert_eq!((alone.ours, alone.theirs, alone.ratios.len()), (5.0, None, 0));
+        assert_eq!(
+            (alone.ours, alone.theirs, alone.ratios.len()),
+            (5.0, None, 0)
+        );
     }
 }
