@@ -97,6 +97,9 @@ impl Pool2d {
         let &[n, c, h, w] = dims else {
             bail!("pool2d: expected an N×C×H×W tensor, got shape {dims:?}")
         };
+        if h == 0 || w == 0 {
+            bail!("pool2d: the input's planes are empty ({h}×{w})")
+        }
         let (Some(oh), Some(ow)) = (self.out_len(h), self.out_len(w)) else {
             bail!(
                 "pool2d: a {}×{} window does not fit a {h}×{w} input (padding {})",

@@ -212,6 +212,16 @@ fn pools_refuse_bad_shapes() {
     assert!(err.contains("does not fit"), "{err}");
     let flat = Tensor::zeros((4, 4), DType::F32, &Device::Cpu).unwrap();
     assert!(Pool2d::AVG_3X3_S1.forward(&flat).is_err());
+    // An empty plane, where a window of padding alone would fit (kernel 2, padding 1).
+    let empty = Tensor::zeros((1, 1, 0, 3), DType::F32, &Device::Cpu).unwrap();
+    let pad_only = Pool2d {
+        kind: PoolKind::Avg,
+        kernel: 2,
+        stride: 1,
+        padding: 1,
+    };
+    let err = pad_only.forward(&empty).unwrap_err().to_string();
+    assert!(err.contains("empty"), "{err}");
 }
 
 #[test]
