@@ -222,7 +222,7 @@ fn taps(
     len: usize,
     out_len: usize,
 ) -> (Range<usize>, usize) {
-    let lo = padding.saturating_sub(d).div_ceil(stride);
+    let lo = padding.saturating_sub(d).div_ceil(stride).min(out_len);
     // The last output reaching inside: o·stride + d − padding ≤ len − 1.
     let hi = match (len + padding).checked_sub(d + 1) {
         Some(last) => (last / stride + 1).min(out_len),
@@ -240,6 +240,9 @@ fn along<T: Copy>(
     stride: usize,
     f: impl Fn(&mut T, T),
 ) {
+    if outs.is_empty() {
+        return;
+    }
     let out = &mut out[outs];
     if stride == 1 {
         for (o, &v) in out.iter_mut().zip(&line[first..]) {
@@ -260,6 +263,9 @@ fn scatter_along<T: Copy>(
     stride: usize,
     f: impl Fn(&mut T, T),
 ) {
+    if outs.is_empty() {
+        return;
+    }
     let out = &out[outs];
     if stride == 1 {
         for (l, &v) in line[first..].iter_mut().zip(out) {

@@ -183,7 +183,14 @@ fn every_kernel_stride_and_padding_matches_the_naive_pool_and_finite_differences
         }
     }
     for pool in pools {
-        for dims in [[2, 3, 7, 10], [1, 2, 5, 5], [1, 1, 12, 6]] {
+        for dims in [
+            [2, 3, 7, 10],
+            [1, 2, 5, 5],
+            [1, 1, 12, 6],
+            [1, 1, 1, 1],
+            [1, 2, 2, 1],
+            [1, 1, 1, 3],
+        ] {
             let xs = input(&dims, 5);
             let Ok(got) = pool.forward(&xs) else {
                 // The window does not fit: refused, as the naive pool cannot run either.
@@ -195,6 +202,14 @@ fn every_kernel_stride_and_padding_matches_the_naive_pool_and_finite_differences
             assert_eq!(got.len(), want.len(), "{pool:?} {dims:?}");
             for (g, w) in got.iter().zip(&want) {
                 assert!((g - w).abs() < 1e-12, "{pool:?} {dims:?}: {g} vs {w}");
+            }
+            if dims[2] * dims[3] <= 3 {
+                // Planes smaller than most windows: the backward pass's edges too.
+                check_gradient(
+                    &|x| pool.forward(x).unwrap(),
+                    &dims,
+                    &format!("{pool:?} {dims:?}"),
+                );
             }
         }
         check_gradient(
