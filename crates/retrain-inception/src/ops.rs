@@ -231,8 +231,7 @@ fn taps(
     (lo..hi.max(lo), (lo * stride + d).saturating_sub(padding))
 }
 
-/// `f(out[o], line[first + (o − lo)·stride])` for the outputs `o` in `outs`: a plain zip of two
-/// slices when `stride` is 1, so that it vectorises.
+/// `f(out[o], line[first + (o − lo)·stride])` for the outputs `o` in `outs`.
 fn along<T: Copy>(
     out: &mut [T],
     (outs, first): (Range<usize>, usize),
@@ -240,18 +239,8 @@ fn along<T: Copy>(
     stride: usize,
     f: impl Fn(&mut T, T),
 ) {
-    if outs.is_empty() {
-        return;
-    }
-    let out = &mut out[outs];
-    if stride == 1 {
-        for (o, &v) in out.iter_mut().zip(&line[first..]) {
-            f(o, v);
-        }
-    } else {
-        for (o, &v) in out.iter_mut().zip(line[first..].iter().step_by(stride)) {
-            f(o, v);
-        }
+    if !outs.is_empty() {
+        zip_stepped((&mut out[outs], 1), (&line[first..], stride), f);
     }
 }
 
@@ -263,17 +252,26 @@ fn scatter_along<T: Copy>(
     stride: usize,
     f: impl Fn(&mut T, T),
 ) {
-    if outs.is_empty() {
-        return;
+    if !outs.is_empty() {
+        zip_stepped((&mut line[first..], stride), (&out[outs], 1), f);
     }
-    let out = &out[outs];
-    if stride == 1 {
-        for (l, &v) in line[first..].iter_mut().zip(out) {
-            f(l, v);
+}
+
+/// `f(dst[i·dst_step], src[i·src_step])` for every `i` both reach: a plain zip of two slices when
+/// both steps are 1, so that it vectorises.
+fn zip_stepped<T: Copy>(
+    (dst, dst_step): (&mut [T], usize),
+    (src, src_step): (&[T], usize),
+    f: impl Fn(&mut T, T),
+) {
+    if dst_step == 1 && src_step == 1 {
+        for (d, &v) in dst.iter_mut().zip(src) {
+            f(d, v);
         }
     } else {
-        for (l, &v) in line[first..].iter_mut().step_by(stride).zip(out) {
-            f(l, v);
+        let src = src.iter().step_by(src_step);
+        for (d, &v) in dst.iter_mut().step_by(dst_step).zip(src) {
+            f(d, v);
         }
     }
 }
