@@ -627,8 +627,10 @@ pub(crate) fn input_grad<T: Elem>(g: &Geometry, plan: Plan, k: &[T], dy: &[T]) -
     let (hw, kk) = (g.hw_out(), g.k());
     let (in_len, out_len) = (g.c * g.h * g.w, g.co * hw);
     let mut dx = zeros(g.n * in_len);
-    // Wᵀ: K × Co, read from the Co × K kernel with row stride 1 and column stride K.
-    let kt = View::cols(kk, g.co, kk);
+    // Wᵀ (K × Co) copied once: read in place from the kernel (column stride K), the gemm crate
+    // packed it again for every group of images.
+    let kt = transposed(k, g.co, kk);
+    let (k, kt) = (&kt[..], View::rows(kk, g.co, g.co));
     over_groups(
         plan,
         (dy, out_len),
@@ -678,11 +680,48 @@ pub(crate) fn input_grad<T: Elem>(g: &Geometry, plan: Plan, k: &[T], dy: &[T]) -
     dx
 }
 
+/// Rows per block of a transposing copy: each block writes `ROWS` output rows while reading its
+/// input row by row.
+const ROWS: usize = 16;
+
+/// The `cols × rows` transpose of a row-major `rows × cols` matrix, `ROWS` output rows per task.
+fn transposed<T: Elem>(a: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let mut t = vec![T::default(); rows * cols];
+    t.par_chunks_mut(ROWS * rows)
+        .enumerate()
+        .for_each(|(block, out)| {
+            let j0 = block * ROWS;
+            let width = out.len() / rows;
+            for (i, row) in a.chunks(cols).enumerate() {
+                for (dj, &v) in row[j0..j0 + width].iter().enumerate() {
+                    out[dj * rows + i] = v;
+                }
+            }
+        });
+    t
+}
+
+/// Whether [`kernel_grad`] keeps each core's sum column-major: when its GEMMs sum over at
+/// least `WIDE` columns.
+fn kernel_sums_column_major(g: &Geometry, plan: Plan) -> bool {
+    plan.per_group * g.hw_out() >= WIDE
+}
+
 /// The kernel gradient: `Σ dy (Co × m·HoWo) · colsᵀ` over groups of images, each core summing
 /// its run of the batch; the cores' sums are then added in order (the same result every run).
 pub(crate) fn kernel_grad<T: Elem>(g: &Geometry, plan: Plan, x: &[T], dy: &[T]) -> Vec<T> {
     let (hw, kk) = (g.hw_out(), g.k());
     let (in_len, out_len) = (g.c * g.h * g.w, g.co * hw);
+    // Each core's sum: column-major (`K × Co` in memory) when its GEMMs sum over at least WIDE
+    // columns (`kernel_sums_column_major`): the gemm crate then packs only the small operand `dy`, not the patch matrix (it
+    // transposes a product with a row-major destination). Row-major for the smallest planes,
+    // whose groups are narrower (3×3 at 139×139: 144 columns), where that measured faster.
+    let column_major = kernel_sums_column_major(g, plan);
+    let acc_view = if column_major {
+        View::cols(g.co, kk, g.co)
+    } else {
+        View::rows(g.co, kk, kk)
+    };
     let sums: Vec<Vec<T>> = x
         .par_chunks(plan.per_part * in_len)
         .zip(dy.par_chunks(plan.per_part * out_len))
@@ -701,7 +740,7 @@ pub(crate) fn kernel_grad<T: Elem>(g: &Geometry, plan: Plan, x: &[T], dy: &[T]) 
                             gemm(
                                 (dyg, View::rows(g.co, hw, hw)),
                                 (xg, View::cols(hw, kk, hw)),
-                                (&mut acc, View::rows(g.co, kk, kk)),
+                                (&mut acc, acc_view),
                                 accumulate,
                                 plan.gemm_threads,
                             );
@@ -714,7 +753,7 @@ pub(crate) fn kernel_grad<T: Elem>(g: &Geometry, plan: Plan, x: &[T], dy: &[T]) 
                             gemm(
                                 (&dyg[oh.start * g.out_w()..], View::rows(g.co, width, hw)),
                                 (cols, View::cols(width, kk, width)),
-                                (&mut acc, View::rows(g.co, kk, kk)),
+                                (&mut acc, acc_view),
                                 accumulate,
                                 plan.gemm_threads,
                             );
@@ -729,7 +768,7 @@ pub(crate) fn kernel_grad<T: Elem>(g: &Geometry, plan: Plan, x: &[T], dy: &[T]) 
                     gemm(
                         (d, View::rows(g.co, wide, wide)),
                         (cols, View::cols(wide, kk, wide)),
-                        (&mut acc, View::rows(g.co, kk, kk)),
+                        (&mut acc, acc_view),
                         accumulate,
                         plan.gemm_threads,
                     );
@@ -739,13 +778,29 @@ pub(crate) fn kernel_grad<T: Elem>(g: &Geometry, plan: Plan, x: &[T], dy: &[T]) 
             acc
         })
         .collect();
-    let mut sums = sums.into_iter();
-    let mut total = sums.next().unwrap_or_else(|| vec![T::default(); g.co * kk]);
-    for part in sums {
-        for (a, b) in total.iter_mut().zip(part) {
-            *a += b;
-        }
-    }
+    // The cores' sums added in order (the same result every run), into the `Co × K` gradient.
+    let mut total = vec![T::default(); g.co * kk];
+    total
+        .par_chunks_mut(ROWS * kk)
+        .enumerate()
+        .for_each(|(block, rows)| {
+            let o = block * ROWS;
+            let height = rows.len() / kk;
+            for part in &sums {
+                if !column_major {
+                    let part = &part[o * kk..][..rows.len()];
+                    for (v, &p) in rows.iter_mut().zip(part) {
+                        *v += p;
+                    }
+                    continue;
+                }
+                for (j, column) in part.chunks(g.co).enumerate() {
+                    for (t, &v) in column[o..o + height].iter().enumerate() {
+                        rows[t * kk + j] += v;
+                    }
+                }
+            }
+        });
     total
 }
 
@@ -1109,6 +1164,29 @@ mod tests {
                 }
                 assert!((got - sum.max(0.0)).abs() < 1e-12, "{kh}×{kw} at {i}");
             }
+            // And for both gradients: every (output pixel, kernel offset) pair that reads an
+            // input pixel sends dy·w back to it and dy·x to the kernel.
+            let (mut dx, mut dk) = (vec![0.0; x.len()], vec![0.0; k.len()]);
+            for (i, &d) in dy.iter().enumerate() {
+                let (b, co, oh, ow) = (i / (4 * ho * wo), i / (ho * wo) % 4, i / wo % ho, i % wo);
+                for ci in 0..3 {
+                    for a in 0..kh {
+                        for e in 0..kw {
+                            let ih = (oh * stride + a) as isize - ph as isize;
+                            let iw = (ow * stride + e) as isize - pw as isize;
+                            if (0..h as isize).contains(&ih) && (0..w as isize).contains(&iw) {
+                                let xi = ((b * 3 + ci) * h + ih as usize) * w + iw as usize;
+                                let ki = ((co * 3 + ci) * kh + a) * kw + e;
+                                dx[xi] += d * k[ki];
+                                dk[ki] += d * x[xi];
+                            }
+                        }
+                    }
+                }
+            }
+            let near = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-12);
+            assert!(near(&want.1, &dx), "{kh}×{kw}: input gradient");
+            assert!(near(&want.2, &dk), "{kh}×{kw}: kernel gradient");
             let plans = [1, 3, 4, 7].into_iter().flat_map(|per_part| {
                 (1..=per_part).flat_map(move |per_group| {
                     [1, 2].into_iter().flat_map(move |gemm_threads| {
@@ -1122,6 +1200,15 @@ mod tests {
                     })
                 })
             });
+            // The kernel gradient's per-core sums are column- or row-major by the width of a
+            // group's GEMM: the plans below take both.
+            let layouts: std::collections::BTreeSet<bool> = plans
+                .clone()
+                .map(|plan| kernel_sums_column_major(&g, plan))
+                .collect();
+            if (h, w, stride) == (6, 7, 1) {
+                assert_eq!(layouts.len(), 2, "{kh}×{kw}: one layout only");
+            }
             for plan in plans {
                 {
                     {
