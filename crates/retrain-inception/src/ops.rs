@@ -717,9 +717,9 @@ impl BatchNormTrain {
                 (params[2 * c + ch], T::from_f64(scale), T::from_f64(shift))
             })
             .collect();
-        let passed = |ch: usize, x: T, dy: T| {
-            let (_, scale, shift) = consts[ch];
-            if self.relu && x * scale + shift <= T::ZERO {
+        let relu = self.relu;
+        let passed = |(scale, shift): (T, T), x: T, dy: T| {
+            if relu && x * scale + shift <= T::ZERO {
                 T::ZERO
             } else {
                 dy
@@ -729,18 +729,33 @@ impl BatchNormTrain {
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let m = consts[ch].0;
+                let (m, scale, shift) = consts[ch];
                 let planes = channel_planes(x, n, c, hw, ch).zip(channel_planes(dy, n, c, hw, ch));
                 let (mut sum_dz, mut sum_dz_xc) = (0.0, 0.0);
                 for (x, dy) in planes {
                     let [dz, dz_xc] = lane_sums(x, dy, |x, dy| {
-                        let dz = passed(ch, x, dy);
+                        let dz = passed((scale, shift), x, dy);
                         [dz, dz * (x - m)]
                     });
                     sum_dz += dz;
                     sum_dz_xc += dz_xc;
                 }
                 (sum_dz, sum_dz_xc * affine[ch].2)
+            })
+            .collect();
+        // dx = k·(dz − mean(dz) − x̂·mean(dz·x̂)) = a·dz − b − (x − m)·d per channel, with
+        // a = k = γ/σ, b = k·mean(dz), d = k·σ⁻¹·mean(dz·x̂): worked out once per channel rather
+        // than for each of its planes.
+        let coefficients: Vec<(T, T, T)> = (0..c)
+            .map(|ch| {
+                let inv_std = affine[ch].2;
+                let (sum_dz, sum_dz_xhat) = sums[ch];
+                let k = params[ch].to_f64() * inv_std;
+                (
+                    T::from_f64(k),
+                    T::from_f64(k * sum_dz / count),
+                    T::from_f64(k * inv_std * sum_dz_xhat / count),
+                )
             })
             .collect();
         let mut out = zeros(x.len() + 4 * c);
@@ -750,16 +765,10 @@ impl BatchNormTrain {
             .enumerate()
             .for_each(|(plane, (dx, (x, dy)))| {
                 let ch = plane % c;
-                let inv_std = affine[ch].2;
-                let (sum_dz, sum_dz_xhat) = sums[ch];
-                let k = params[ch].to_f64() * inv_std;
-                // dx = k·(dz − mean(dz) − x̂·mean(dz·x̂)) = k·dz − k·mean(dz) − (x − m)·k·σ⁻¹·mean(dz·x̂)
-                let a = T::from_f64(k);
-                let b = T::from_f64(k * sum_dz / count);
-                let d = T::from_f64(k * inv_std * sum_dz_xhat / count);
-                let m = consts[ch].0;
+                let (a, b, d) = coefficients[ch];
+                let (m, scale, shift) = consts[ch];
                 for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-                    *dx = a * passed(ch, x, dy) - b - (x - m) * d;
+                    *dx = a * passed((scale, shift), x, dy) - b - (x - m) * d;
                 }
             });
         for (ch, &(sum_dz, sum_dz_xhat)) in sums.iter().enumerate() {
