@@ -1145,9 +1145,12 @@ mod tests {
                 input_grad(&g, one, &k, &dy),
                 kernel_grad(&g, one, &x, &dy),
             );
-            // Against the definition, for the forward pass.
+            // Against the definition: every (output pixel, kernel offset) pair that reads an
+            // input pixel adds w·x to the output, and sends dy·w back to the input and dy·x to the
+            // kernel.
             let (ho, wo) = (g.out_h(), g.out_w());
-            for (i, &got) in want.0.iter().enumerate() {
+            let (mut dx, mut dk) = (vec![0.0; x.len()], vec![0.0; k.len()]);
+            for (i, (&got, &d)) in want.0.iter().zip(&dy).enumerate() {
                 let (b, co, oh, ow) = (i / (4 * ho * wo), i / (ho * wo) % 4, i / wo % ho, i % wo);
                 let mut sum = bias[co];
                 for ci in 0..3 {
@@ -1156,33 +1159,16 @@ mod tests {
                             let ih = (oh * stride + a) as isize - ph as isize;
                             let iw = (ow * stride + e) as isize - pw as isize;
                             if (0..h as isize).contains(&ih) && (0..w as isize).contains(&iw) {
-                                sum += k[((co * 3 + ci) * kh + a) * kw + e]
-                                    * x[((b * 3 + ci) * h + ih as usize) * w + iw as usize];
-                            }
-                        }
-                    }
-                }
-                assert!((got - sum.max(0.0)).abs() < 1e-12, "{kh}×{kw} at {i}");
-            }
-            // And for both gradients: every (output pixel, kernel offset) pair that reads an
-            // input pixel sends dy·w back to it and dy·x to the kernel.
-            let (mut dx, mut dk) = (vec![0.0; x.len()], vec![0.0; k.len()]);
-            for (i, &d) in dy.iter().enumerate() {
-                let (b, co, oh, ow) = (i / (4 * ho * wo), i / (ho * wo) % 4, i / wo % ho, i % wo);
-                for ci in 0..3 {
-                    for a in 0..kh {
-                        for e in 0..kw {
-                            let ih = (oh * stride + a) as isize - ph as isize;
-                            let iw = (ow * stride + e) as isize - pw as isize;
-                            if (0..h as isize).contains(&ih) && (0..w as isize).contains(&iw) {
                                 let xi = ((b * 3 + ci) * h + ih as usize) * w + iw as usize;
                                 let ki = ((co * 3 + ci) * kh + a) * kw + e;
+                                sum += k[ki] * x[xi];
                                 dx[xi] += d * k[ki];
                                 dk[ki] += d * x[xi];
                             }
                         }
                     }
                 }
+                assert!((got - sum.max(0.0)).abs() < 1e-12, "{kh}×{kw} at {i}");
             }
             let near = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-12);
             assert!(near(&want.1, &dx), "{kh}×{kw}: input gradient");
