@@ -629,8 +629,8 @@ pub(crate) fn input_grad<T: Elem>(g: &Geometry, plan: Plan, k: &[T], dy: &[T]) -
     let mut dx = zeros(g.n * in_len);
     // Wᵀ (K × Co) copied once: read in place from the kernel (column stride K), the gemm crate
     // packed it again for every group of images.
-    let kt = transposed(k, g.co, kk);
-    let (k, kt) = (&kt[..], View::rows(kk, g.co, g.co));
+    let wt = transposed(k, g.co, kk);
+    let (k, kt) = (&wt[..], View::rows(kk, g.co, g.co));
     over_groups(
         plan,
         (dy, out_len),
@@ -701,8 +701,11 @@ fn transposed<T: Elem>(a: &[T], rows: usize, cols: usize) -> Vec<T> {
     t
 }
 
-/// Whether [`kernel_grad`] keeps each core's sum column-major: when its GEMMs sum over at
-/// least `WIDE` columns.
+/// Whether [`kernel_grad`] keeps each core's sum column-major (`K × Co` in memory): when its
+/// GEMMs sum over at least `WIDE` columns. The gemm crate computes a product with a row-major
+/// destination as its transpose, and then packs the patch matrix; with a column-major one it packs
+/// only the small `dy`. Row-major stays for the smallest planes, whose groups are narrower (3×3 at
+/// 139×139: 144 columns), where that measured faster.
 fn kernel_sums_column_major(g: &Geometry, plan: Plan) -> bool {
     plan.per_group * g.hw_out() >= WIDE
 }
@@ -712,12 +715,8 @@ fn kernel_sums_column_major(g: &Geometry, plan: Plan) -> bool {
 pub(crate) fn kernel_grad<T: Elem>(g: &Geometry, plan: Plan, x: &[T], dy: &[T]) -> Vec<T> {
     let (hw, kk) = (g.hw_out(), g.k());
     let (in_len, out_len) = (g.c * g.h * g.w, g.co * hw);
-    // Each core's sum: column-major (`K × Co` in memory) when its GEMMs sum over at least WIDE
-    // columns (`kernel_sums_column_major`): the gemm crate then packs only the small operand `dy`, not the patch matrix (it
-    // transposes a product with a row-major destination). Row-major for the smallest planes,
-    // whose groups are narrower (3×3 at 139×139: 144 columns), where that measured faster.
-    let column_major = kernel_sums_column_major(g, plan);
-    let acc_view = if column_major {
+    // Each core's `Co × K` sum, in the layout `kernel_sums_column_major` picks.
+    let acc_view = if kernel_sums_column_major(g, plan) {
         View::cols(g.co, kk, g.co)
     } else {
         View::rows(g.co, kk, kk)
@@ -778,25 +777,18 @@ pub(crate) fn kernel_grad<T: Elem>(g: &Geometry, plan: Plan, x: &[T], dy: &[T]) 
             acc
         })
         .collect();
-    // The cores' sums added in order (the same result every run), into the `Co × K` gradient.
+    // The cores' sums added in order (the same result every run) into the row-major gradient,
+    // `ROWS` of its rows per task, each part read through its view.
     let mut total = vec![T::default(); g.co * kk];
     total
         .par_chunks_mut(ROWS * kk)
         .enumerate()
         .for_each(|(block, rows)| {
             let o = block * ROWS;
-            let height = rows.len() / kk;
             for part in &sums {
-                if !column_major {
-                    let part = &part[o * kk..][..rows.len()];
-                    for (v, &p) in rows.iter_mut().zip(part) {
-                        *v += p;
-                    }
-                    continue;
-                }
-                for (j, column) in part.chunks(g.co).enumerate() {
-                    for (t, &v) in column[o..o + height].iter().enumerate() {
-                        rows[t * kk + j] += v;
+                for j in 0..kk {
+                    for (t, row) in rows.chunks_mut(kk).enumerate() {
+                        row[j] += part[(o + t) * acc_view.rs + j * acc_view.cs];
                     }
                 }
             }
