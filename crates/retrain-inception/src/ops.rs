@@ -569,41 +569,55 @@ fn lane_sums<T: Float, const K: usize>(a: &[T], b: &[T], f: impl Fn(T, T) -> [T;
     })
 }
 
-/// The planes of channel `ch` in a contiguous N×C×H×W slice.
-fn channel_planes<T>(
-    x: &[T],
-    n: usize,
-    c: usize,
+/// `sums(plane, a, b)` for each `hw`-long plane of two equally long N×C×H×W slices, in memory
+/// order: each core reads a contiguous run of planes, which the hardware prefetches (a channel's
+/// planes one after another are `C·H·W` apart, and the reads of a small plane wait on memory).
+fn plane_sums<T: Float, const K: usize>(
+    a: &[T],
+    b: &[T],
     hw: usize,
-    ch: usize,
-) -> impl Iterator<Item = &[T]> {
-    (0..n).map(move |b| &x[(b * c + ch) * hw..(b * c + ch + 1) * hw])
+    sums: impl Fn(usize, &[T], &[T]) -> [f64; K] + Sync,
+) -> Vec<[f64; K]> {
+    a.par_chunks(hw)
+        .zip(b.par_chunks(hw))
+        .enumerate()
+        .map(|(plane, (a, b))| sums(plane, a, b))
+        .collect()
+}
+
+/// Per channel, the sums of its planes (`planes` in N×C order, as [`plane_sums`] returns them),
+/// added in image order.
+fn channel_totals<const K: usize>(
+    planes: &[[f64; K]],
+    c: usize,
+) -> impl Iterator<Item = [f64; K]> + '_ {
+    (0..c).map(move |ch| {
+        let mut total = [0.0; K];
+        for plane in planes.iter().skip(ch).step_by(c) {
+            for (t, v) in total.iter_mut().zip(plane) {
+                *t += v;
+            }
+        }
+        total
+    })
 }
 
 /// Per-channel (mean, biased variance) of a contiguous N×C×H×W slice, two-pass: partial sums
 /// per plane in `T`, planes added in f64.
 fn channel_stats<T: Float>(x: &[T], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
-    (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let count = (n * hw) as f64;
-            let planes = || channel_planes(x, n, c, hw, ch);
-            let mean = planes()
-                .map(|p| lane_sums(p, p, |v, _| [v])[0])
-                .sum::<f64>()
-                / count;
-            let m = T::from_f64(mean);
-            let var = planes()
-                .map(|p| {
-                    lane_sums(p, p, |v, _| {
-                        let d = v - m;
-                        [d * d]
-                    })[0]
-                })
-                .sum::<f64>()
-                / count;
-            (mean, var)
+    let count = (n * hw) as f64;
+    let sums = plane_sums(x, x, hw, |_, p, _| lane_sums(p, p, |v, _| [v]));
+    let means: Vec<f64> = channel_totals(&sums, c).map(|[s]| s / count).collect();
+    let squares = plane_sums(x, x, hw, |plane, p, _| {
+        let m = T::from_f64(means[plane % c]);
+        lane_sums(p, p, |v, _| {
+            let d = v - m;
+            [d * d]
         })
+    });
+    channel_totals(&squares, c)
+        .zip(means)
+        .map(|([s], mean)| (mean, s / count))
         .collect()
 }
 
@@ -725,23 +739,17 @@ impl BatchNormTrain {
                 dy
             }
         };
-        // Per channel: Σ dz and Σ dz·x̂ = Σ dz·(x − mean) / σ.
-        let sums: Vec<(f64, f64)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let (m, scale, shift) = consts[ch];
-                let planes = channel_planes(x, n, c, hw, ch).zip(channel_planes(dy, n, c, hw, ch));
-                let (mut sum_dz, mut sum_dz_xc) = (0.0, 0.0);
-                for (x, dy) in planes {
-                    let [dz, dz_xc] = lane_sums(x, dy, |x, dy| {
-                        let dz = passed((scale, shift), x, dy);
-                        [dz, dz * (x - m)]
-                    });
-                    sum_dz += dz;
-                    sum_dz_xc += dz_xc;
-                }
-                (sum_dz, sum_dz_xc * affine[ch].2)
+        // Per channel: Σ dz and Σ dz·x̂ = Σ dz·(x − mean) / σ, from each plane's sums.
+        let planes = plane_sums(x, dy, hw, |plane, x, dy| {
+            let (m, scale, shift) = consts[plane % c];
+            lane_sums(x, dy, |x, dy| {
+                let dz = passed((scale, shift), x, dy);
+                [dz, dz * (x - m)]
             })
+        });
+        let sums: Vec<(f64, f64)> = channel_totals(&planes, c)
+            .zip(&affine)
+            .map(|([sum_dz, sum_dz_xc], &(_, _, inv_std))| (sum_dz, sum_dz_xc * inv_std))
             .collect();
         // dx = k·(dz − mean(dz) − x̂·mean(dz·x̂)) = a·dz − b − (x − m)·d per channel, with
         // a = k = γ/σ, b = k·mean(dz), d = k·σ⁻¹·mean(dz·x̂): worked out once per channel rather
