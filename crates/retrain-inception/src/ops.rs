@@ -7,9 +7,12 @@
 //!   On the CPU it is a [`CustomOp1`], parallel over planes, whose backward is a [`CustomOp2`] of
 //!   (input, output gradient): per output row, the window's input rows are folded element-wise into
 //!   one row and the kernel's column offsets folded along it (the average's backward spreads the
-//!   other way), so the inner loops are runs of contiguous values that vectorise; on other devices it is [`Pool2d::forward_composed`],
-//!   a composition of differentiable candle ops (pad, narrow, reshape, add/maximum) that gives the
-//!   same values and gradients (up to ties between equal maxima).
+//!   other way), so the inner loops are runs of contiguous values that vectorise; a stride-1
+//!   average pool with a same-size output (Inception's in-block pool; its backward is the same
+//!   pool) sums many zero-bordered planes at once as shifted copies of a whole buffer. On other
+//!   devices it is [`Pool2d::forward_composed`], a composition of differentiable candle ops (pad,
+//!   narrow, reshape, add/maximum) that gives the same values and gradients (up to ties between
+//!   equal maxima).
 //! - [`batch_norm_train`]: training-mode batch normalisation over N×C×H×W on the CPU as one
 //!   [`CustomOp3`] (input, γ, β) with a fused backward, statistics accumulated in f64 (candle's
 //!   own composes nine ops with transposed copies and f32 sums).
@@ -284,7 +287,81 @@ fn max<T: Float>(a: &mut T, b: T) {
     *a = if b > *a { b } else { *a };
 }
 
+/// Plane elements per task of a "same"-size average pool: small planes (Inception's 8×8 and, at
+/// 139×139, 7×7 and 3×3) are pooled many at a time, so the work per plane is a share of a few
+/// vector passes rather than a loop setup per row.
+const SAME_CHUNK: usize = 1 << 14;
+
+/// `dst[i] += src[i]` over two equally long runs.
+fn add_run<T: Float>(dst: &mut [T], src: &[T]) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d += v;
+    }
+}
+
+/// `dst[i] = Σ src[i + d·step]`, `d` in `−p..=p`, for `i` in `at`.
+fn shifted_sums<T: Float>(src: &[T], dst: &mut [T], at: Range<usize>, (step, p): (usize, usize)) {
+    dst[at.clone()].copy_from_slice(&src[at.clone()]);
+    for d in 1..=p {
+        let shift = d * step;
+        add_run(&mut dst[at.clone()], &src[at.start - shift..at.end - shift]);
+        add_run(&mut dst[at.clone()], &src[at.start + shift..at.end + shift]);
+    }
+}
+
 impl Pool2d {
+    /// A stride-1 average pool whose output is the input's size (odd kernel, padding `kernel/2`):
+    /// Inception's in-block 3×3 pool. Its backward pass is the same pool of the output gradient
+    /// (the window is symmetric and the divisor always `kernel²`).
+    fn same_size_avg(&self) -> bool {
+        self.kind == PoolKind::Avg
+            && self.stride == 1
+            && self.kernel % 2 == 1
+            && self.padding == self.kernel / 2
+    }
+
+    /// [`Self::same_size_avg`] pools of `h × w` planes, many planes per task. The planes are
+    /// copied into a zero-bordered layout: rows `w + p` apart (`p` zeros after each), planes
+    /// `h + p` rows apart (`p` zero rows after each), `p` zero rows and `p` zeros before the first.
+    /// There every window lies whole inside the buffer and its outside is zeros, so the window's
+    /// rows and then its columns are summed as shifted copies of the whole buffer, with no edge
+    /// cases; the planes are then copied out, scaled by `1/kernel²`.
+    fn same_size_avg_planes<T: Float>(&self, x: &[T], out: &mut [T], (h, w): (usize, usize)) {
+        let p = self.padding;
+        let (row, plane) = (w + p, (h + p) * (w + p));
+        let lead = p * row + p;
+        let per_task = (SAME_CHUNK / (h * w)).max(1) * h * w;
+        let scale = T::from_f64(1.0 / (self.kernel * self.kernel) as f64);
+        out.par_chunks_mut(per_task)
+            .zip(x.par_chunks(per_task))
+            .for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(padded, sums), (out, x)| {
+                    let planes = x.len() / (h * w);
+                    let len = lead + planes * plane + lead;
+                    padded.clear();
+                    padded.resize(len, T::ZERO);
+                    // Every position the column sums read is written first.
+                    sums.resize(len, T::ZERO);
+                    let at = |b: usize, y: usize| lead + b * plane + y * row;
+                    for (i, line) in x.chunks(w).enumerate() {
+                        let start = at(i / h, i % h);
+                        padded[start..start + w].copy_from_slice(line);
+                    }
+                    // Rows (±p·row) over every position the column sums read, then columns (±p)
+                    // over the planes' span, back into `padded`.
+                    shifted_sums(padded, sums, p * row..len - p * row, (row, p));
+                    shifted_sums(sums, padded, lead..len - lead, (1, p));
+                    for (i, line) in out.chunks_mut(w).enumerate() {
+                        let start = at(i / h, i % h);
+                        for (o, &v) in line.iter_mut().zip(&padded[start..start + w]) {
+                            *o = v * scale;
+                        }
+                    }
+                },
+            );
+    }
+
     /// One plane, an output row at a time: the window's input rows folded into one row (summed or
     /// maxed, element-wise, so it vectorises), then each kernel column's offset folded along it.
     fn fwd_plane<T: Float>(
@@ -406,7 +483,9 @@ impl Pool2d {
     fn cpu_forward<T: Float>(&self, x: &[T], dims: &[usize]) -> Result<(Vec<T>, Shape)> {
         let (n, c, h, w, oh, ow) = self.check(dims)?;
         let mut out = zeros(n * c * oh * ow);
-        if oh * ow > 0 {
+        if self.same_size_avg() {
+            self.same_size_avg_planes(x, &mut out, (h, w));
+        } else if oh * ow > 0 {
             out.par_chunks_mut(oh * ow)
                 .zip(x.par_chunks(h * w))
                 .for_each_init(Vec::new, |rows, (o, x)| {
@@ -426,7 +505,9 @@ impl Pool2d {
             )
         }
         let mut gx = zeros(n * c * h * w);
-        if oh * ow > 0 {
+        if self.same_size_avg() {
+            self.same_size_avg_planes(g, &mut gx, (h, w));
+        } else if oh * ow > 0 {
             gx.par_chunks_mut(h * w)
                 .zip(x.par_chunks(h * w).zip(g.par_chunks(oh * ow)))
                 .for_each_init(Vec::new, |rows, (gx, (x, g))| {

@@ -190,6 +190,8 @@ fn every_kernel_stride_and_padding_matches_the_naive_pool_and_finite_differences
             [1, 1, 1, 1],
             [1, 2, 2, 1],
             [1, 1, 1, 3],
+            // More planes than one task of the same-size average pool takes.
+            [1, 400, 7, 6],
         ] {
             let xs = input(&dims, 5);
             let Ok(got) = pool.forward(&xs) else {
