@@ -844,6 +844,30 @@ pub fn conv2d_bias_relu(
         .apply_op3(&kernel.contiguous()?, &bias.contiguous()?, op)
 }
 
+/// The convolution of [`conv2d`] on the CPU kernels, as a tensor with no graph node (for an op
+/// that keeps it and gives its gradients itself, with [`conv2d_grads`]).
+pub(crate) fn conv2d_detached(
+    xs: &Tensor,
+    kernel: &Tensor,
+    padding: (usize, usize),
+    stride: usize,
+) -> Result<Tensor> {
+    xs.contiguous()?
+        .apply_op2_no_bwd(&kernel.contiguous()?, &Conv { padding, stride })
+}
+
+/// The input gradient (when `xs` is part of a graph) and the kernel gradient of
+/// [`conv2d_detached`] for the output gradient `dy`.
+pub(crate) fn conv2d_grads(
+    xs: &Tensor,
+    kernel: &Tensor,
+    dy: &Tensor,
+    padding: (usize, usize),
+    stride: usize,
+) -> Result<(Option<Tensor>, Tensor)> {
+    Conv { padding, stride }.grads(xs, kernel, dy)
+}
+
 fn candle_conv(
     xs: &Tensor,
     kernel: &Tensor,

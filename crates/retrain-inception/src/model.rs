@@ -8,7 +8,7 @@ use rand::{Rng as _, SeedableRng as _};
 use rand_chacha::ChaCha8Rng;
 
 use crate::conv::{conv2d, conv2d_bias_relu};
-use crate::ops::{Pool2d, batch_norm_train};
+use crate::ops::{Pool2d, conv_batch_norm_relu_train};
 
 /// Batch-norm epsilon of every `BasicConv2d` (torchvision and the TF original).
 pub const BN_EPS: f64 = 1e-3;
@@ -142,19 +142,24 @@ impl ModuleT for BasicConv2d {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let stride = self.conv.config().stride;
         if train {
-            let ys = conv2d(xs, self.conv.weight(), self.pad, stride)?;
-            return match self.bn.weight_and_bias() {
-                Some((gamma, beta)) => {
-                    match batch_norm_train(&ys, gamma, beta, self.bn.eps(), true)? {
-                        Some((out, mean, var)) => {
-                            self.update_running_stats(&mean, &var, &ys)?;
-                            Ok(out)
-                        }
-                        None => ys.apply_t(&self.bn, true)?.relu(),
-                    }
+            // One graph node for convolution, batch norm and ReLU where the CPU kernels apply;
+            // candle's batch norm elsewhere.
+            if let Some((gamma, beta)) = self.bn.weight_and_bias() {
+                let fused = conv_batch_norm_relu_train(
+                    xs,
+                    self.conv.weight(),
+                    (gamma, beta, self.bn.eps()),
+                    self.pad,
+                    stride,
+                )?;
+                if let Some((out, mean, var)) = fused {
+                    self.update_running_stats(&mean, &var, &out)?;
+                    return Ok(out);
                 }
-                None => ys.apply_t(&self.bn, true)?.relu(),
-            };
+            }
+            return conv2d(xs, self.conv.weight(), self.pad, stride)?
+                .apply_t(&self.bn, true)?
+                .relu();
         }
         // Eval mode: the batch norm folded into the convolution (w·γ/√(var+ε) and one bias), the
         // bias and the ReLU applied in the same pass over the output. The statistics are

@@ -16,6 +16,9 @@
 //! - [`batch_norm_train`]: training-mode batch normalisation over N×C×H×W on the CPU as one
 //!   [`CustomOp3`] (input, γ, β) with a fused backward, statistics accumulated in f64 (candle's
 //!   own composes nine ops with transposed copies and f32 sums).
+//! - [`conv_batch_norm_relu_train`]: convolution, training-mode batch norm and ReLU as one
+//!   [`CustomOp3`] (input, kernel, γ β and the statistics), so the convolution's output gradient
+//!   goes from the batch norm's backward to the convolution's without candle's zero-and-add.
 //! - [`pad2d`]: per-axis zero padding (`pad_with_zeros` per dimension; differentiable, as candle
 //!   implements it with `cat`).
 //!
@@ -28,7 +31,7 @@ use candle_core::{
 use rayon::prelude::*;
 use std::ops::Range;
 
-use crate::conv::zeros;
+use crate::conv::{conv2d_detached, conv2d_grads, zeros};
 
 /// Zero-pads the last two dimensions of an N×C×H×W tensor: `pad_h` rows above and below, `pad_w`
 /// columns left and right.
@@ -622,6 +625,90 @@ pub fn batch_norm_train(
     Ok(Some((ys, mean, var)))
 }
 
+/// `relu(batch_norm(conv2d(xs, kernel)))` in training mode (batch statistics; `bn` is γ, β and
+/// ε) as one graph node, with (output, batch mean, biased batch variance), on the CPU for f32 and
+/// f64; `None` elsewhere (compose [`crate::conv::conv2d`] and candle's batch norm there). The
+/// same values and gradients as [`crate::conv::conv2d`] followed by [`batch_norm_train`], but the
+/// node keeps the convolution's output for its backward pass itself, so candle never allocates a
+/// zero tensor for that output's gradient and adds the gradient into it: the batch norm's
+/// backward hands its input gradient straight to the convolution's (3–6 % of a training step at
+/// 139×139 and 299×299).
+pub fn conv_batch_norm_relu_train(
+    xs: &Tensor,
+    kernel: &Tensor,
+    (gamma, beta, eps): (&Tensor, &Tensor, f64),
+    padding: (usize, usize),
+    stride: usize,
+) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+    let cpu_float = |t: &Tensor| {
+        matches!(t.device(), Device::Cpu) && matches!(t.dtype(), DType::F32 | DType::F64)
+    };
+    if !cpu_float(xs)
+        || [kernel, gamma, beta]
+            .iter()
+            .any(|t| t.dtype() != xs.dtype())
+    {
+        return Ok(None);
+    }
+    let (xs, kernel) = (xs.contiguous()?, kernel.contiguous()?);
+    let conv = conv2d_detached(&xs, &kernel, padding, stride)?;
+    let stats = conv.apply_op1_no_bwd(&BatchNormStats)?;
+    let (mean, var) = (stats.get(0)?, stats.get(1)?);
+    let params = Tensor::cat(&[gamma, beta, &mean, &var], 0)?;
+    let op = ConvBatchNormTrain {
+        conv,
+        padding,
+        stride,
+        bn: BatchNormTrain { eps, relu: true },
+    };
+    let ys = xs.apply_op3(&kernel, &params, op)?;
+    Ok(Some((ys, mean, var)))
+}
+
+/// The node of [`conv_batch_norm_relu_train`]: (input, kernel, γ β mean var) → output, keeping
+/// the convolution's output computed before it.
+struct ConvBatchNormTrain {
+    conv: Tensor,
+    padding: (usize, usize),
+    stride: usize,
+    bn: BatchNormTrain,
+}
+
+impl CustomOp3 for ConvBatchNormTrain {
+    fn name(&self) -> &'static str {
+        "inception-conv2d-batch-norm-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        params: &CpuStorage,
+        params_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (storage, layout) = self.conv.storage_and_layout();
+        let candle_core::Storage::Cpu(conv) = &*storage else {
+            bail!("conv2d + batch norm: the convolution's output is not on the CPU")
+        };
+        self.bn.cpu_fwd(conv, layout, params, params_layout)
+    }
+
+    fn bwd(
+        &self,
+        xs: &Tensor,
+        kernel: &Tensor,
+        params: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dconv, dparams) = self.bn.grads(&self.conv, params, grad)?;
+        let (dx, dk) = conv2d_grads(xs, kernel, &dconv, self.padding, self.stride)?;
+        Ok((dx, Some(dk), Some(dparams)))
+    }
+}
+
 /// Independent partial sums, so that a sum over a plane vectorises (in a fixed order: the same
 /// result every run).
 const LANES: usize = 16;
@@ -771,6 +858,16 @@ fn affine<T: Float>(params: &[T], c: usize, eps: f64) -> Vec<(f64, f64, f64)> {
 }
 
 impl BatchNormTrain {
+    /// The gradients of the input and of (γ, β, mean, var) for the output gradient `grad`.
+    fn grads(&self, x: &Tensor, params: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+        let packed =
+            x.apply_op3_no_bwd(params, &grad.contiguous()?, &BatchNormTrainBackward(*self))?;
+        let numel = x.elem_count();
+        let dx = packed.narrow(0, 0, numel)?.reshape(x.shape())?;
+        let dparams = packed.narrow(0, numel, params.elem_count())?;
+        Ok((dx, dparams))
+    }
+
     fn forward<T: Float>(&self, x: &[T], params: &[T], dims: (usize, usize, usize)) -> Vec<T> {
         let (_, c, hw) = dims;
         let affine = affine(params, c, self.eps);
@@ -910,11 +1007,7 @@ impl CustomOp2 for BatchNormTrain {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let packed =
-            x.apply_op3_no_bwd(params, &grad.contiguous()?, &BatchNormTrainBackward(*self))?;
-        let numel = x.elem_count();
-        let dx = packed.narrow(0, 0, numel)?.reshape(x.shape())?;
-        let dparams = packed.narrow(0, numel, params.elem_count())?;
+        let (dx, dparams) = self.grads(x, params, grad)?;
         Ok((Some(dx), Some(dparams)))
     }
 }
