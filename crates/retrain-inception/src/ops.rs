@@ -770,22 +770,35 @@ fn channel_totals<const K: usize>(
     })
 }
 
-/// Per-channel (mean, biased variance) of a contiguous N×C×H×W slice, two-pass: partial sums
-/// per plane in `T`, planes added in f64.
+/// Per-channel (mean, biased variance) of a contiguous N×C×H×W slice, reading it from memory
+/// once: each plane's mean and sum of squared deviations from it, two passes over the plane while
+/// it is in the L1 cache (partial sums in `T`, added in f64), then a channel's planes combined in
+/// image order with Chan et al.'s pairwise update (no cancellation, unlike `Σx² − n·mean²`).
 fn channel_stats<T: Float>(x: &[T], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
-    let count = (n * hw) as f64;
-    let sums = plane_sums(x, x, hw, |_, p, _| lane_sums(p, p, |v, _| [v]));
-    let means: Vec<f64> = channel_totals(&sums, c).map(|[s]| s / count).collect();
-    let squares = plane_sums(x, x, hw, |plane, p, _| {
-        let m = T::from_f64(means[plane % c]);
-        lane_sums(p, p, |v, _| {
+    let size = hw as f64;
+    let planes = plane_sums(x, x, hw, |_, p, _| {
+        let mean = lane_sums(p, p, |v, _| [v])[0] / size;
+        let m = T::from_f64(mean);
+        let squares = lane_sums(p, p, |v, _| {
             let d = v - m;
             [d * d]
-        })
+        })[0];
+        // Σ(v − mean)² from the deviations from `m`, the mean rounded to `T`.
+        let shift = mean - m.to_f64();
+        [mean, (squares - size * shift * shift).max(0.0)]
     });
-    channel_totals(&squares, c)
-        .zip(means)
-        .map(|([s], mean)| (mean, s / count))
+    (0..c)
+        .map(|ch| {
+            let (mut count, mut mean, mut m2) = (0.0, 0.0, 0.0);
+            for &[plane_mean, plane_m2] in planes.iter().skip(ch).step_by(c) {
+                let total = count + size;
+                let delta = plane_mean - mean;
+                mean += delta * size / total;
+                m2 += plane_m2 + delta * delta * count * size / total;
+                count = total;
+            }
+            (mean, m2 / (n as f64 * size))
+        })
         .collect()
 }
 

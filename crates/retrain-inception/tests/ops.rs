@@ -427,3 +427,56 @@ fn convolution_batch_norm_and_relu_as_one_node_match_their_composition() {
         check_gradient(&|b| fused(&xs, &kernel, &gamma, b).0, &[3], &what);
     }
 }
+
+#[test]
+fn batch_statistics_stay_accurate_far_from_zero() {
+    use retrain_inception::ops::batch_norm_train;
+    // f32 values near 1000 spread by about 0.01, the planes' means differing: `Σx² − n·mean²`
+    // would lose the variance entirely.
+    let dims = [4, 2, 9, 7];
+    let offsets = input(&[4, 2, 1, 1], 62).affine(0.05, 1000.0).unwrap();
+    let x64 = input(&dims, 61)
+        .affine(0.01, 0.0)
+        .unwrap()
+        .broadcast_add(&offsets)
+        .unwrap();
+    let xs = x64.to_dtype(DType::F32).unwrap();
+    let (gamma, beta) = (
+        Tensor::ones(2, DType::F32, &Device::Cpu).unwrap(),
+        Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap(),
+    );
+    let (_, mean, var) = batch_norm_train(&xs, &gamma, &beta, 1e-3, false)
+        .unwrap()
+        .unwrap();
+    // Two passes in f64 over the same f32 values.
+    let per_channel = xs
+        .to_dtype(DType::F64)
+        .unwrap()
+        .transpose(0, 1)
+        .unwrap()
+        .flatten_from(1)
+        .unwrap();
+    let want_mean = per_channel.mean_keepdim(1).unwrap();
+    let want_var = per_channel
+        .broadcast_sub(&want_mean)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .mean(1)
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let got_mean = mean.to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+    let got_var = var.to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+    let want_mean = want_mean.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    for ch in 0..2 {
+        assert!((got_mean[ch] - want_mean[ch]).abs() < 1e-4, "mean {ch}");
+        let rel = (got_var[ch] - want_var[ch]).abs() / want_var[ch];
+        assert!(
+            rel < 1e-3,
+            "channel {ch}: variance {} against {}",
+            got_var[ch],
+            want_var[ch]
+        );
+    }
+}
