@@ -804,7 +804,7 @@ fn slice<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
 }
 
 /// Whether the CPU kernels take these operands.
-fn ours(xs: &Tensor) -> bool {
+pub(crate) fn ours(xs: &Tensor) -> bool {
     matches!(xs.device(), Device::Cpu) && matches!(xs.dtype(), DType::F32 | DType::F64)
 }
 

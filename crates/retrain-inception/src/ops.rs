@@ -31,7 +31,7 @@ use candle_core::{
 use rayon::prelude::*;
 use std::ops::Range;
 
-use crate::conv::{conv2d_detached, conv2d_grads, zeros};
+use crate::conv::{conv2d_detached, conv2d_grads, ours, zeros};
 
 /// Zero-pads the last two dimensions of an N×C×H×W tensor: `pad_h` rows above and below, `pad_w`
 /// columns left and right.
@@ -625,14 +625,14 @@ pub fn batch_norm_train(
     Ok(Some((ys, mean, var)))
 }
 
-/// `relu(batch_norm(conv2d(xs, kernel)))` in training mode (batch statistics; `bn` is γ, β and
-/// ε) as one graph node, with (output, batch mean, biased batch variance), on the CPU for f32 and
-/// f64; `None` elsewhere (compose [`crate::conv::conv2d`] and candle's batch norm there). The
-/// same values and gradients as [`crate::conv::conv2d`] followed by [`batch_norm_train`], but the
-/// node keeps the convolution's output for its backward pass itself, so candle never allocates a
-/// zero tensor for that output's gradient and adds the gradient into it: the batch norm's
-/// backward hands its input gradient straight to the convolution's (3–6 % of a training step at
-/// 139×139 and 299×299).
+/// `relu(batch_norm(conv2d(xs, kernel)))` in training mode (batch statistics; scale γ, shift β,
+/// epsilon `eps`) as one graph node, with (output, batch mean, biased batch variance), on the CPU
+/// for f32 and f64; `None` elsewhere (compose [`crate::conv::conv2d`] and candle's batch norm
+/// there). The same values and gradients as [`crate::conv::conv2d`] followed by
+/// [`batch_norm_train`], but the node keeps the convolution's output for its backward pass
+/// itself, so candle never allocates a zero tensor for that output's gradient and adds the
+/// gradient into it: the batch norm's backward hands its input gradient straight to the
+/// convolution's (3–6 % of a training step at 139×139 and 299×299).
 pub fn conv_batch_norm_relu_train(
     xs: &Tensor,
     kernel: &Tensor,
@@ -640,10 +640,7 @@ pub fn conv_batch_norm_relu_train(
     padding: (usize, usize),
     stride: usize,
 ) -> Result<Option<(Tensor, Tensor, Tensor)>> {
-    let cpu_float = |t: &Tensor| {
-        matches!(t.device(), Device::Cpu) && matches!(t.dtype(), DType::F32 | DType::F64)
-    };
-    if !cpu_float(xs)
+    if !ours(xs)
         || [kernel, gamma, beta]
             .iter()
             .any(|t| t.dtype() != xs.dtype())
