@@ -109,6 +109,8 @@ enum Command {
 
 fn main() -> ExitCode {
     retrain_inception::alloc::keep_freed_memory();
+    // SAFETY: first thing in main: no other thread runs yet.
+    unsafe { retrain_inception::quiet_candle_pool() };
     let args = Args::parse();
     retrain_stage::cli::init_logging(args.verbose);
     retrain_stage::cli::exit_code(retrain_inception::on_workers(|| run(args)))

@@ -53,6 +53,8 @@ struct Args {
 
 fn main() -> ExitCode {
     retrain_inception::alloc::keep_freed_memory();
+    // SAFETY: first thing in main: no other thread runs yet.
+    unsafe { retrain_inception::quiet_candle_pool() };
     let args = Args::parse();
     init_logging(args.verbose);
     exit_code(retrain_inception::on_workers(|| run(&args)))

@@ -139,6 +139,8 @@ enum TrainableArg {
 
 fn main() -> ExitCode {
     retrain_inception::alloc::keep_freed_memory();
+    // SAFETY: first thing in main: no other thread runs yet.
+    unsafe { retrain_inception::quiet_candle_pool() };
     let args = Args::parse();
     init_logging(args.verbose);
     let cancel = Arc::new(AtomicBool::new(false));
