@@ -303,10 +303,23 @@ fn valid_range(off: isize, stride: usize, w: usize, wo: usize) -> (usize, usize)
 /// at `cols[r·ld]` (`ld ≥ ho·wo`: several images' matrices side by side). Only the output rows
 /// `oh` (their columns `oh.start·wo..oh.end·wo` of the matrix, written from `cols[0]` on).
 fn im2col<T: Elem>(g: &Geometry, x: &[T], cols: &mut [T], ld: usize, oh: Range<usize>) {
+    im2col_rows(g, x, cols, ld, oh, 0..g.k());
+}
+
+/// [`im2col`] for the patch matrix's rows `rows` only, row `rows.start` at `cols[0]`.
+fn im2col_rows<T: Elem>(
+    g: &Geometry,
+    x: &[T],
+    cols: &mut [T],
+    ld: usize,
+    oh: Range<usize>,
+    rows: Range<usize>,
+) {
     let wo = g.out_w();
     let plane = g.h * g.w;
-    for r in 0..g.k() {
-        let row = &mut cols[r * ld..r * ld + oh.len() * wo];
+    for r in rows.clone() {
+        let at = (r - rows.start) * ld;
+        let row = &mut cols[at..at + oh.len() * wo];
         let ci = r / (g.kh * g.kw);
         let (i, j) = ((r / g.kw) % g.kh, r % g.kw);
         let src = &x[ci * plane..(ci + 1) * plane];
@@ -450,15 +463,23 @@ const WIDE: usize = 256;
 /// still in the cache when the GEMM packs them (and when col2im reads them back).
 const BLOCK: usize = 1 << 18;
 
+/// Patch-matrix elements of a whole batch (16 MiB of f32) up to which the kernel gradient of a
+/// batch whose cores each do their share in one GEMM (Inception's 3×3 planes at 139×139: 144
+/// columns per core) is one product over the whole batch instead, its output rows split over the
+/// cores: [`kernel_grad_whole`].
+const WHOLE: usize = 1 << 22;
+
 /// How a batch is spread: contiguous runs of `per_part` images, one run per core, each done in
 /// groups of up to `per_group` images, one GEMM per group on `gemm_threads` cores; an image alone
-/// in its group, `rows` output rows per GEMM.
+/// in its group, `rows` output rows per GEMM; with `whole`, the kernel gradient as one product
+/// over the batch, its output rows in as many runs as the images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Plan {
     per_part: usize,
     per_group: usize,
     gemm_threads: usize,
     rows: usize,
+    whole: bool,
 }
 
 impl Plan {
@@ -475,11 +496,16 @@ impl Plan {
         // Rows per block: as many as fit BLOCK, but at least WIDE columns' worth.
         let (ho, wo) = (g.out_h().max(1), g.out_w().max(1));
         let rows = (BLOCK / (g.k() * wo).max(1)).max(WIDE.div_ceil(wo)).min(ho);
+        let whole = parts == threads
+            && threads > 1
+            && per_group == per_part
+            && g.k() * g.n * g.hw_out() <= WHOLE;
         Self {
             per_part,
             per_group,
             gemm_threads,
             rows,
+            whole,
         }
     }
 }
@@ -713,6 +739,9 @@ fn kernel_sums_column_major(g: &Geometry, plan: Plan) -> bool {
 /// The kernel gradient: `Σ dy (Co × m·HoWo) · colsᵀ` over groups of images, each core summing
 /// its run of the batch; the cores' sums are then added in order (the same result every run).
 pub(crate) fn kernel_grad<T: Elem>(g: &Geometry, plan: Plan, x: &[T], dy: &[T]) -> Vec<T> {
+    if plan.whole {
+        return kernel_grad_whole(g, x, dy, g.n.div_ceil(plan.per_part));
+    }
     let (hw, kk) = (g.hw_out(), g.k());
     let (in_len, out_len) = (g.c * g.h * g.w, g.co * hw);
     // Each core's `Co × K` sum, in the layout `kernel_sums_column_major` picks.
@@ -794,6 +823,74 @@ pub(crate) fn kernel_grad<T: Elem>(g: &Geometry, plan: Plan, x: &[T], dy: &[T]) 
             }
         });
     total
+}
+
+/// Tasks per core when a matrix's rows are filled in parallel.
+const TASKS: usize = 4;
+
+/// The whole batch's patch matrices side by side, `K × n·HoWo`, its rows filled in parallel.
+fn batch_patches<T: Elem>(g: &Geometry, x: &[T], cols: &mut Vec<T>) {
+    let (hw, kk, in_len) = (g.hw_out(), g.k(), g.c * g.h * g.w);
+    let wide = g.n * hw;
+    let per_task = kk.div_ceil(TASKS * rayon::current_num_threads()).max(1);
+    grow(cols, kk * wide)
+        .par_chunks_mut(per_task * wide)
+        .enumerate()
+        .for_each(|(t, block)| {
+            let rows = t * per_task..(t * per_task + block.len() / wide);
+            for (i, xi) in x.chunks(in_len).enumerate() {
+                im2col_rows(
+                    g,
+                    xi,
+                    &mut block[i * hw..],
+                    wide,
+                    0..g.out_h(),
+                    rows.clone(),
+                );
+            }
+        });
+}
+
+/// The whole batch's `co × HoWo` output planes side by side, `co × n·HoWo`, filled in parallel.
+fn batch_planes<T: Elem>(g: &Geometry, y: &[T], dst: &mut Vec<T>) {
+    let (hw, out_len) = (g.hw_out(), g.co * g.hw_out());
+    let wide = g.n * hw;
+    let per_task = g.co.div_ceil(TASKS * rayon::current_num_threads()).max(1);
+    grow(dst, g.co * wide)
+        .par_chunks_mut(per_task * wide)
+        .enumerate()
+        .for_each(|(t, block)| {
+            for (r, row) in block.chunks_mut(wide).enumerate() {
+                let c = t * per_task + r;
+                for (i, plane) in row.chunks_mut(hw).enumerate() {
+                    plane.copy_from_slice(&y[i * out_len + c * hw..][..hw]);
+                }
+            }
+        });
+}
+
+/// The kernel gradient of a batch with small output planes: one `Co × n·HoWo` by `n·HoWo × K`
+/// product over the whole batch, its output rows split over the cores (no per-core sums to add).
+fn kernel_grad_whole<T: Elem>(g: &Geometry, x: &[T], dy: &[T], parts: usize) -> Vec<T> {
+    let (kk, wide) = (g.k(), g.n * g.hw_out());
+    let (mut cols, mut d) = (Vec::new(), Vec::new());
+    batch_patches(g, x, &mut cols);
+    batch_planes(g, dy, &mut d);
+    let mut dk = vec![T::default(); g.co * kk];
+    let per_core = g.co.div_ceil(parts.max(1)).max(1);
+    dk.par_chunks_mut(per_core * kk)
+        .zip(d.par_chunks(per_core * wide))
+        .for_each(|(out, dyr)| {
+            let rows = out.len() / kk;
+            gemm(
+                (dyr, View::rows(rows, wide, wide)),
+                (&cols, View::cols(wide, kk, wide)),
+                (out, View::rows(rows, kk, kk)),
+                false,
+                1,
+            );
+        });
+    dk
 }
 
 fn slice<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
@@ -1103,6 +1200,7 @@ mod tests {
             per_group,
             gemm_threads,
             rows,
+            whole: false,
         };
         // 64×64 outputs: a GEMM per image, half the batch per core, whole images while the
         // patches fit BLOCK (9·64·64 elements)...
@@ -1110,8 +1208,14 @@ mod tests {
         // ... else as many rows as fit (2¹⁸ / (288·64) = 14), or WIDE columns' worth (4 rows).
         assert_eq!(Plan::new(&g(32, 32, 64), 2), plan(16, 1, 1, 14));
         assert_eq!(Plan::new(&g(32, 512, 64), 2), plan(16, 1, 1, 4));
-        // 3×3: a core's 16 images in one GEMM.
-        assert_eq!(Plan::new(&g(32, 1, 3), 2), plan(16, 16, 1, 3));
+        // 3×3: a core's 16 images in one GEMM; the kernel gradient over the whole batch.
+        let whole = Plan {
+            whole: true,
+            ..plan(16, 16, 1, 3)
+        };
+        assert_eq!(Plan::new(&g(32, 1, 3), 2), whole);
+        // Unless its patches are too many.
+        assert_eq!(Plan::new(&g(32, 2048, 3), 2), plan(16, 16, 1, 3));
         // 7×7: about WIDE columns, 16 images as 6 + 6 + 4.
         assert_eq!(Plan::new(&g(32, 1, 7), 2), plan(16, 6, 1, 7));
         // Fewer images than cores: one at a time, the GEMM itself parallel.
@@ -1155,6 +1259,7 @@ mod tests {
                 per_group: 1,
                 gemm_threads: 1,
                 rows: g.out_h(),
+                whole: false,
             };
             let want = (
                 forward(&g, one, &x, &k, Some(&bias)),
@@ -1192,12 +1297,16 @@ mod tests {
             let plans = [1, 3, 4, 7].into_iter().flat_map(|per_part| {
                 (1..=per_part).flat_map(move |per_group| {
                     [1, 2].into_iter().flat_map(move |gemm_threads| {
-                        // Images alone in their group: in blocks of 1, 2, … rows.
-                        (1..=ho).map(move |rows| Plan {
-                            per_part,
-                            per_group,
-                            gemm_threads,
-                            rows,
+                        // Images alone in their group: in blocks of 1, 2, … rows; the kernel
+                        // gradient over the whole batch or not.
+                        (1..=ho).flat_map(move |rows| {
+                            [false, true].map(|whole| Plan {
+                                per_part,
+                                per_group,
+                                gemm_threads,
+                                rows,
+                                whole,
+                            })
                         })
                     })
                 })
