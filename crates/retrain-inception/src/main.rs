@@ -283,7 +283,10 @@ fn bench(
         batch,
         device,
     )?;
-    let mut sgd = <candle_nn::SGD as candle_nn::Optimizer>::new(model.varmap().all_vars(), 0.01)?;
+    let mut sgd = <retrain_inception::ops::Sgd as candle_nn::Optimizer>::new(
+        model.varmap().all_vars(),
+        0.01,
+    )?;
     let mut step = || -> anyhow::Result<()> {
         if train {
             let (logits, aux) = model.net().forward_with_aux(&xs, true)?;

@@ -19,6 +19,9 @@
 //! - [`conv_batch_norm_relu_train`]: convolution, training-mode batch norm and ReLU as one
 //!   [`CustomOp3`] (input, kernel, γ β and the statistics), so the convolution's output gradient
 //!   goes from the batch norm's backward to the convolution's without candle's zero-and-add.
+//! - [`Sgd`]: plain SGD (`w ← w − lr·g`) updating each weight in place on the CPU, one pass over it
+//!   and its gradient (`candle_nn::SGD` makes three new tensors per weight and copies the last one
+//!   back: seven passes).
 //! - [`pad2d`]: per-axis zero padding (`pad_with_zeros` per dimension; differentiable, as candle
 //!   implements it with `cat`).
 //!
@@ -1061,5 +1064,105 @@ impl CustomOp3 for BatchNormTrainBackward {
             _ => bail!("batch norm backward: mismatched or unsupported dtypes"),
         };
         Ok((out, Shape::from(len)))
+    }
+}
+
+/// Plain stochastic gradient descent, `w ← w − lr·g` for every var with a gradient: the update of
+/// `candle_nn::SGD` (the same values: `lr·g` rounded, then the difference), computed in place on
+/// the CPU for contiguous f32/f64 weights, by `candle_nn::SGD`'s tensor ops elsewhere.
+#[derive(Debug)]
+pub struct Sgd {
+    vars: Vec<candle_core::Var>,
+    lr: f64,
+}
+
+impl candle_nn::Optimizer for Sgd {
+    type Config = f64;
+
+    fn new(vars: Vec<candle_core::Var>, lr: f64) -> Result<Self> {
+        let vars = vars.into_iter().filter(|v| v.dtype().is_float()).collect();
+        Ok(Self { vars, lr })
+    }
+
+    fn step(&mut self, grads: &candle_core::backprop::GradStore) -> Result<()> {
+        for var in &self.vars {
+            let Some(grad) = grads.get(var) else {
+                continue;
+            };
+            let w = var.as_tensor();
+            let in_place = w.device().is_cpu()
+                && w.is_contiguous()
+                && grad.dtype() == w.dtype()
+                && grad.shape() == w.shape()
+                && matches!(w.dtype(), DType::F32 | DType::F64);
+            if in_place {
+                w.inplace_op2(&grad.contiguous()?, &SgdUpdate { lr: self.lr })?;
+            } else {
+                var.set(&w.sub(&(grad * self.lr)?)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn learning_rate(&self) -> f64 {
+        self.lr
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.lr = lr
+    }
+}
+
+/// Elements per task of the in-place update.
+const SGD_CHUNK: usize = 1 << 16;
+
+/// `w ← w − lr·g` in place: the [`Sgd`] step of one weight.
+struct SgdUpdate {
+    lr: f64,
+}
+
+impl SgdUpdate {
+    fn run<T: Copy + Send + Sync + std::ops::Sub<Output = T> + std::ops::Mul<Output = T>>(
+        w: &mut [T],
+        g: &[T],
+        lr: T,
+    ) {
+        w.par_chunks_mut(SGD_CHUNK)
+            .zip(g.par_chunks(SGD_CHUNK))
+            .for_each(|(w, g)| {
+                for (w, &g) in w.iter_mut().zip(g) {
+                    *w = *w - g * lr;
+                }
+            });
+    }
+}
+
+impl candle_core::InplaceOp2 for SgdUpdate {
+    fn name(&self) -> &'static str {
+        "inception-sgd-update"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let (Some((a, b)), Some((c, d))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            bail!("sgd update: a weight or gradient is not contiguous");
+        };
+        if b - a != d - c {
+            bail!("sgd update: {} weights, {} gradients", b - a, d - c);
+        }
+        match (s1, s2) {
+            (CpuStorage::F32(w), CpuStorage::F32(g)) => {
+                Self::run(&mut w[a..b], &g[c..d], self.lr as f32)
+            }
+            (CpuStorage::F64(w), CpuStorage::F64(g)) => Self::run(&mut w[a..b], &g[c..d], self.lr),
+            _ => bail!("sgd update: mismatched or unsupported dtypes"),
+        }
+        Ok(())
     }
 }

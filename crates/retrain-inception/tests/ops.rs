@@ -480,3 +480,46 @@ fn batch_statistics_stay_accurate_far_from_zero() {
         );
     }
 }
+
+/// `ops::Sgd` takes the same steps as `candle_nn::SGD`, to the bit, for f32 and f64 weights,
+/// in place; a weight without a gradient stays as it is.
+#[test]
+fn in_place_sgd_matches_candle_nns() {
+    use candle_nn::Optimizer;
+    for dtype in [DType::F32, DType::F64] {
+        let start = input(&[3, 70_001], 7).to_dtype(dtype).unwrap();
+        let untouched = input(&[5], 8).to_dtype(dtype).unwrap();
+        let (ours, theirs) = (
+            Var::from_tensor(&start).unwrap(),
+            Var::from_tensor(&start).unwrap(),
+        );
+        let idle = Var::from_tensor(&untouched).unwrap();
+        let mut ours_opt =
+            retrain_inception::ops::Sgd::new(vec![ours.clone(), idle.clone()], 0.05).unwrap();
+        let mut theirs_opt = candle_nn::SGD::new(vec![theirs.clone()], 0.05).unwrap();
+        for _ in 0..3 {
+            let loss = |w: &Var| (w.as_tensor().sqr().unwrap().sum_all().unwrap() * 0.5).unwrap();
+            ours_opt.backward_step(&loss(&ours)).unwrap();
+            theirs_opt.backward_step(&loss(&theirs)).unwrap();
+        }
+        let bits = |t: &Tensor| {
+            t.to_dtype(DType::F64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap()
+        };
+        assert_eq!(
+            bits(ours.as_tensor()),
+            bits(theirs.as_tensor()),
+            "{dtype:?}"
+        );
+        assert_ne!(
+            bits(ours.as_tensor()),
+            bits(&start),
+            "{dtype:?}: no step taken"
+        );
+        assert_eq!(bits(idle.as_tensor()), bits(&untouched));
+    }
+}

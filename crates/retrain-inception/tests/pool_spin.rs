@@ -13,5 +13,9 @@ fn the_spin_limit_is_set_unless_the_environment_chose_one() {
 
     unsafe { std::env::set_var(SPIN, "5000") };
     unsafe { retrain_inception::quiet_candle_pool() };
-    assert_eq!(std::env::var(SPIN).as_deref(), Ok("5000"), "a user's choice stays");
+    assert_eq!(
+        std::env::var(SPIN).as_deref(),
+        Ok("5000"),
+        "a user's choice stays"
+    );
 }
