@@ -8,7 +8,7 @@ use rand::{Rng as _, SeedableRng as _};
 use rand_chacha::ChaCha8Rng;
 
 use crate::conv::{conv2d, conv2d_bias_relu};
-use crate::ops::{Pool2d, conv_batch_norm_relu_train};
+use crate::ops::{ConvBatchNormRelu, Pool2d, conv_batch_norm_relu_train};
 
 /// Batch-norm epsilon of every `BasicConv2d` (torchvision and the TF original).
 pub const BN_EPS: f64 = 1e-3;
@@ -123,10 +123,10 @@ impl BasicConv2d {
 }
 
 impl BasicConv2d {
-    /// `running = (1 − m)·running + m·batch`, with the unbiased variance, as PyTorch.
-    fn update_running_stats(&self, mean: &Tensor, var: &Tensor, ys: &Tensor) -> Result<()> {
-        let (n, _, h, w) = ys.dims4()?;
-        let count = (n * h * w) as f64;
+    /// `running = (1 − m)·running + m·batch`, with the unbiased variance (the batch's `count`
+    /// values per channel), as PyTorch.
+    fn update_running_stats(&self, mean: &Tensor, var: &Tensor, count: usize) -> Result<()> {
+        let count = count as f64;
         let m = self.bn.momentum();
         let running_mean = candle_core::Var::from_tensor(self.bn.running_mean())?;
         let running_var = candle_core::Var::from_tensor(self.bn.running_var())?;
@@ -136,6 +136,48 @@ impl BasicConv2d {
         running_mean.set(&new_mean)?;
         running_var.set(&new_var)
     }
+
+    /// Training mode where the CPU kernels apply: convolution, batch norm, ReLU and `pool` (if
+    /// any) as one graph node ([`conv_batch_norm_relu_train`]), the running statistics updated;
+    /// `None` elsewhere.
+    fn forward_fused(
+        &self,
+        xs: &Tensor,
+        pool: Option<Pool2d>,
+    ) -> Result<Option<ConvBatchNormRelu>> {
+        let Some((gamma, beta)) = self.bn.weight_and_bias() else {
+            return Ok(None);
+        };
+        let fused = conv_batch_norm_relu_train(
+            xs,
+            self.conv.weight(),
+            (gamma, beta, self.bn.eps()),
+            self.pad,
+            self.conv.config().stride,
+            pool,
+        )?;
+        if let Some(f) = &fused {
+            self.update_running_stats(&f.mean, &f.var, f.count)?;
+        }
+        Ok(fused)
+    }
+
+    /// The layer followed by `pool`: (the layer's output, the pool's). In training mode on the
+    /// CPU one graph node, whose layer output is detached (for looking at: the gradient flows
+    /// through the pool's).
+    pub fn forward_pooled(
+        &self,
+        xs: &Tensor,
+        pool: Pool2d,
+        train: bool,
+    ) -> Result<(Tensor, Tensor)> {
+        if train && let Some(f) = self.forward_fused(xs, Some(pool))? {
+            return Ok((f.activation, f.out));
+        }
+        let ys = self.forward_t(xs, train)?;
+        let pooled = pool.forward(&ys)?;
+        Ok((ys, pooled))
+    }
 }
 
 impl ModuleT for BasicConv2d {
@@ -144,18 +186,8 @@ impl ModuleT for BasicConv2d {
         if train {
             // One graph node for convolution, batch norm and ReLU where the CPU kernels apply;
             // candle's batch norm elsewhere.
-            if let Some((gamma, beta)) = self.bn.weight_and_bias() {
-                let fused = conv_batch_norm_relu_train(
-                    xs,
-                    self.conv.weight(),
-                    (gamma, beta, self.bn.eps()),
-                    self.pad,
-                    stride,
-                )?;
-                if let Some((out, mean, var)) = fused {
-                    self.update_running_stats(&mean, &var, &out)?;
-                    return Ok(out);
-                }
+            if let Some(f) = self.forward_fused(xs, None)? {
+                return Ok(f.out);
             }
             return conv2d(xs, self.conv.weight(), self.pad, stride)?
                 .apply_t(&self.bn, true)?
@@ -672,54 +704,117 @@ impl InceptionV3 {
     ) -> Result<(Tensor, Option<Tensor>)> {
         Self::check_input(xs)?;
         let mut xs = xs.clone();
-        let mut step = |name: &str, f: &dyn Fn(&Tensor) -> Result<Tensor>, xs: &mut Tensor| {
+        let step = |visit: &mut dyn FnMut(&str, &Tensor),
+                    name: &str,
+                    f: &dyn Fn(&Tensor) -> Result<Tensor>,
+                    xs: &mut Tensor| {
             *xs = f(xs)?;
             visit(name, xs);
             Result::Ok(())
         };
         step(
+            visit,
             "Conv2d_1a_3x3",
             &|x| x.apply_t(&self.Conv2d_1a_3x3, train),
             &mut xs,
         )?;
         step(
+            visit,
             "Conv2d_2a_3x3",
             &|x| x.apply_t(&self.Conv2d_2a_3x3, train),
             &mut xs,
         )?;
+        // Each max pool of the stem and the layer before it: one graph node in training.
+        let (ys, pooled) = self
+            .Conv2d_2b_3x3
+            .forward_pooled(&xs, Pool2d::MAX_3X3_S2, train)?;
+        visit("Conv2d_2b_3x3", &ys);
+        visit("maxpool1", &pooled);
+        xs = pooled;
         step(
-            "Conv2d_2b_3x3",
-            &|x| x.apply_t(&self.Conv2d_2b_3x3, train),
-            &mut xs,
-        )?;
-        step("maxpool1", &|x| Pool2d::MAX_3X3_S2.forward(x), &mut xs)?;
-        step(
+            visit,
             "Conv2d_3b_1x1",
             &|x| x.apply_t(&self.Conv2d_3b_1x1, train),
             &mut xs,
         )?;
+        let (ys, pooled) = self
+            .Conv2d_4a_3x3
+            .forward_pooled(&xs, Pool2d::MAX_3X3_S2, train)?;
+        visit("Conv2d_4a_3x3", &ys);
+        visit("maxpool2", &pooled);
+        xs = pooled;
         step(
-            "Conv2d_4a_3x3",
-            &|x| x.apply_t(&self.Conv2d_4a_3x3, train),
+            visit,
+            "Mixed_5b",
+            &|x| x.apply_t(&self.Mixed_5b, train),
             &mut xs,
         )?;
-        step("maxpool2", &|x| Pool2d::MAX_3X3_S2.forward(x), &mut xs)?;
-        step("Mixed_5b", &|x| x.apply_t(&self.Mixed_5b, train), &mut xs)?;
-        step("Mixed_5c", &|x| x.apply_t(&self.Mixed_5c, train), &mut xs)?;
-        step("Mixed_5d", &|x| x.apply_t(&self.Mixed_5d, train), &mut xs)?;
-        step("Mixed_6a", &|x| x.apply_t(&self.Mixed_6a, train), &mut xs)?;
-        step("Mixed_6b", &|x| x.apply_t(&self.Mixed_6b, train), &mut xs)?;
-        step("Mixed_6c", &|x| x.apply_t(&self.Mixed_6c, train), &mut xs)?;
-        step("Mixed_6d", &|x| x.apply_t(&self.Mixed_6d, train), &mut xs)?;
-        step("Mixed_6e", &|x| x.apply_t(&self.Mixed_6e, train), &mut xs)?;
+        step(
+            visit,
+            "Mixed_5c",
+            &|x| x.apply_t(&self.Mixed_5c, train),
+            &mut xs,
+        )?;
+        step(
+            visit,
+            "Mixed_5d",
+            &|x| x.apply_t(&self.Mixed_5d, train),
+            &mut xs,
+        )?;
+        step(
+            visit,
+            "Mixed_6a",
+            &|x| x.apply_t(&self.Mixed_6a, train),
+            &mut xs,
+        )?;
+        step(
+            visit,
+            "Mixed_6b",
+            &|x| x.apply_t(&self.Mixed_6b, train),
+            &mut xs,
+        )?;
+        step(
+            visit,
+            "Mixed_6c",
+            &|x| x.apply_t(&self.Mixed_6c, train),
+            &mut xs,
+        )?;
+        step(
+            visit,
+            "Mixed_6d",
+            &|x| x.apply_t(&self.Mixed_6d, train),
+            &mut xs,
+        )?;
+        step(
+            visit,
+            "Mixed_6e",
+            &|x| x.apply_t(&self.Mixed_6e, train),
+            &mut xs,
+        )?;
         let aux = match &self.AuxLogits {
             Some(aux) if train => Some(xs.apply_t(aux, train)?),
             _ => None,
         };
-        step("Mixed_7a", &|x| x.apply_t(&self.Mixed_7a, train), &mut xs)?;
-        step("Mixed_7b", &|x| x.apply_t(&self.Mixed_7b, train), &mut xs)?;
-        step("Mixed_7c", &|x| x.apply_t(&self.Mixed_7c, train), &mut xs)?;
         step(
+            visit,
+            "Mixed_7a",
+            &|x| x.apply_t(&self.Mixed_7a, train),
+            &mut xs,
+        )?;
+        step(
+            visit,
+            "Mixed_7b",
+            &|x| x.apply_t(&self.Mixed_7b, train),
+            &mut xs,
+        )?;
+        step(
+            visit,
+            "Mixed_7c",
+            &|x| x.apply_t(&self.Mixed_7c, train),
+            &mut xs,
+        )?;
+        step(
+            visit,
             "avgpool",
             &|x| {
                 x.mean_keepdim(D::Minus1)?

@@ -628,21 +628,38 @@ pub fn batch_norm_train(
     Ok(Some((ys, mean, var)))
 }
 
+/// What [`conv_batch_norm_relu_train`] returns.
+#[derive(Debug, Clone)]
+pub struct ConvBatchNormRelu {
+    /// The node's output: the activation, or its pooling when a pool was asked for.
+    pub out: Tensor,
+    /// The activation `relu(batch_norm(conv2d(xs, kernel)))` before the pool (`out` itself
+    /// without one; detached, for looking at, with one).
+    pub activation: Tensor,
+    /// The batch mean and biased batch variance per output channel (detached).
+    pub mean: Tensor,
+    pub var: Tensor,
+    /// The values per channel the statistics are over (N·H·W of the convolution's output).
+    pub count: usize,
+}
+
 /// `relu(batch_norm(conv2d(xs, kernel)))` in training mode (batch statistics; scale γ, shift β,
-/// epsilon `eps`) as one graph node, with (output, batch mean, biased batch variance), on the CPU
-/// for f32 and f64; `None` elsewhere (compose [`crate::conv::conv2d`] and candle's batch norm
+/// epsilon `eps`), then `pool` if given, as one graph node, on the CPU for f32 and f64; `None`
+/// elsewhere (compose [`crate::conv::conv2d`], candle's batch norm and [`Pool2d::forward`]
 /// there). The same values and gradients as [`crate::conv::conv2d`] followed by
-/// [`batch_norm_train`], but the node keeps the convolution's output for its backward pass
-/// itself, so candle never allocates a zero tensor for that output's gradient and adds the
-/// gradient into it: the batch norm's backward hands its input gradient straight to the
-/// convolution's (3–6 % of a training step at 139×139 and 299×299).
+/// [`batch_norm_train`] (and the pool), but the node keeps the convolution's output (and the
+/// activation the pool reads) for its backward pass itself, so candle never allocates a zero tensor
+/// for their gradients and adds the gradient into it: each backward hands its input gradient
+/// straight to the next (3–6 % of a training step at 139×139 and 299×299 without the pools; the
+/// stem's two max pools follow convolutions whose outputs are the largest tensors of the model).
 pub fn conv_batch_norm_relu_train(
     xs: &Tensor,
     kernel: &Tensor,
     (gamma, beta, eps): (&Tensor, &Tensor, f64),
     padding: (usize, usize),
     stride: usize,
-) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+    pool: Option<Pool2d>,
+) -> Result<Option<ConvBatchNormRelu>> {
     if !ours(xs)
         || [kernel, gamma, beta]
             .iter()
@@ -652,26 +669,47 @@ pub fn conv_batch_norm_relu_train(
     }
     let (xs, kernel) = (xs.contiguous()?, kernel.contiguous()?);
     let conv = conv2d_detached(&xs, &kernel, padding, stride)?;
+    let (n, _, h, w) = conv.dims4()?;
     let stats = conv.apply_op1_no_bwd(&BatchNormStats)?;
     let (mean, var) = (stats.get(0)?, stats.get(1)?);
     let params = Tensor::cat(&[gamma, beta, &mean, &var], 0)?;
+    let bn = BatchNormTrain { eps, relu: true };
+    let pooled = match pool {
+        Some(pool) => {
+            pool.check(conv.dims())?;
+            Some((conv.apply_op2_no_bwd(&params.detach(), &bn)?, pool))
+        }
+        None => None,
+    };
     let op = ConvBatchNormTrain {
         conv,
         padding,
         stride,
-        bn: BatchNormTrain { eps, relu: true },
+        bn,
+        pooled: pooled.clone(),
     };
-    let ys = xs.apply_op3(&kernel, &params, op)?;
-    Ok(Some((ys, mean, var)))
+    let out = xs.apply_op3(&kernel, &params, op)?;
+    let activation = match pooled {
+        Some((activation, _)) => activation,
+        None => out.clone(),
+    };
+    Ok(Some(ConvBatchNormRelu {
+        out,
+        activation,
+        mean,
+        var,
+        count: n * h * w,
+    }))
 }
 
 /// The node of [`conv_batch_norm_relu_train`]: (input, kernel, γ β mean var) → output, keeping
-/// the convolution's output computed before it.
+/// the convolution's output computed before it, and with a pool, the activation it pools.
 struct ConvBatchNormTrain {
     conv: Tensor,
     padding: (usize, usize),
     stride: usize,
     bn: BatchNormTrain,
+    pooled: Option<(Tensor, Pool2d)>,
 }
 
 impl CustomOp3 for ConvBatchNormTrain {
@@ -688,6 +726,13 @@ impl CustomOp3 for ConvBatchNormTrain {
         params: &CpuStorage,
         params_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        if let Some((activation, pool)) = &self.pooled {
+            let (storage, layout) = activation.storage_and_layout();
+            let candle_core::Storage::Cpu(activation) = &*storage else {
+                bail!("conv2d + batch norm + pool: the activation is not on the CPU")
+            };
+            return pool.cpu_fwd(activation, layout);
+        }
         let (storage, layout) = self.conv.storage_and_layout();
         let candle_core::Storage::Cpu(conv) = &*storage else {
             bail!("conv2d + batch norm: the convolution's output is not on the CPU")
@@ -703,7 +748,13 @@ impl CustomOp3 for ConvBatchNormTrain {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dconv, dparams) = self.bn.grads(&self.conv, params, grad)?;
+        let grad = match &self.pooled {
+            Some((activation, pool)) => {
+                activation.apply_op2_no_bwd(&grad.contiguous()?, &Pool2dBackward(*pool))?
+            }
+            None => grad.clone(),
+        };
+        let (dconv, dparams) = self.bn.grads(&self.conv, params, &grad)?;
         let (dx, dk) = conv2d_grads(xs, kernel, &dconv, self.padding, self.stride)?;
         Ok((dx, Some(dk), Some(dparams)))
     }

@@ -399,32 +399,52 @@ fn convolution_batch_norm_and_relu_as_one_node_match_their_composition() {
     use retrain_inception::ops::{batch_norm_train, conv_batch_norm_relu_train};
     let gamma = input(&[3], 51).affine(0.5, 1.0).unwrap();
     let beta = input(&[3], 52);
-    for (kh, kw, pad, stride, n) in [
-        (1, 7, (0, 3), 1, 3),
-        (3, 3, (0, 0), 2, 1),
-        (1, 1, (0, 0), 1, 2),
+    for (kh, kw, pad, stride, n, pool) in [
+        (1, 7, (0, 3), 1, 3, None),
+        (3, 3, (0, 0), 2, 1, None),
+        (1, 1, (0, 0), 1, 2, None),
+        // The stem's layers followed by their max pool, in the same node.
+        (3, 3, (1, 1), 1, 2, Some(Pool2d::MAX_3X3_S2)),
+        (3, 3, (0, 0), 1, 1, Some(Pool2d::MAX_3X3_S2)),
     ] {
         let kernel = input(&[3, 2, kh, kw], 53);
         let xs = input(&[n, 2, 7, 8], 54);
         let fused = |x: &Tensor, k: &Tensor, g: &Tensor, b: &Tensor| {
-            conv_batch_norm_relu_train(x, k, (g, b, 1e-3), pad, stride)
+            conv_batch_norm_relu_train(x, k, (g, b, 1e-3), pad, stride, pool)
                 .unwrap()
                 .unwrap()
         };
-        let (got, mean, var) = fused(&xs, &kernel, &gamma, &beta);
+        let got = fused(&xs, &kernel, &gamma, &beta);
         let conv = conv2d(&xs, &kernel, pad, stride).unwrap();
-        let (want, want_mean, want_var) = batch_norm_train(&conv, &gamma, &beta, 1e-3, true)
+        let (want_act, want_mean, want_var) = batch_norm_train(&conv, &gamma, &beta, 1e-3, true)
             .unwrap()
             .unwrap();
-        let what = format!("conv + batch norm + relu, {kh}×{kw} s{stride} on {n} images");
-        for (g, w) in [(&got, &want), (&mean, &want_mean), (&var, &want_var)] {
+        let want = match pool {
+            Some(pool) => pool.forward(&want_act).unwrap(),
+            None => want_act.clone(),
+        };
+        let (_, _, h, w) = conv.dims4().unwrap();
+        assert_eq!(got.count, n * h * w);
+        let what =
+            format!("conv + batch norm + relu + {pool:?}, {kh}×{kw} s{stride} on {n} images");
+        for (g, w) in [
+            (&got.out, &want),
+            (&got.activation, &want_act),
+            (&got.mean, &want_mean),
+            (&got.var, &want_var),
+        ] {
+            assert_eq!(g.dims(), w.dims(), "{what}");
             assert!(max_abs_diff(g, w) < 1e-12, "{what}");
         }
         let dims = [n, 2, 7, 8];
-        check_gradient(&|x| fused(x, &kernel, &gamma, &beta).0, &dims, &what);
-        check_gradient(&|k| fused(&xs, k, &gamma, &beta).0, &[3, 2, kh, kw], &what);
-        check_gradient(&|g| fused(&xs, &kernel, g, &beta).0, &[3], &what);
-        check_gradient(&|b| fused(&xs, &kernel, &gamma, b).0, &[3], &what);
+        check_gradient(&|x| fused(x, &kernel, &gamma, &beta).out, &dims, &what);
+        check_gradient(
+            &|k| fused(&xs, k, &gamma, &beta).out,
+            &[3, 2, kh, kw],
+            &what,
+        );
+        check_gradient(&|g| fused(&xs, &kernel, g, &beta).out, &[3], &what);
+        check_gradient(&|b| fused(&xs, &kernel, &gamma, b).out, &[3], &what);
     }
 }
 
