@@ -21,7 +21,6 @@ use candle_core::{
 };
 use rayon::prelude::*;
 use std::cell::RefCell;
-use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// The element types the kernels take.
@@ -544,108 +543,99 @@ pub(crate) fn forward<T: Elem>(
 ) -> Vec<T> {
     let (hw, kk) = (g.hw_out(), g.k());
     let (in_len, out_len) = (g.c * g.h * g.w, g.co * hw);
+    let mut y = zeros(g.n * out_len);
     let bias_relu = |v: T, b: T| {
         let t = v + b;
         if t > T::default() { t } else { T::default() }
     };
-    over_groups(plan, (x, in_len), out_len, |xg, yg, m, cols, wide_out| {
-        if m == 1 {
-            // One image: its output is the GEMMs' destination.
-            if g.pointwise() {
-                gemm(
-                    (k, View::rows(g.co, kk, kk)),
-                    (xg, View::rows(kk, hw, hw)),
-                    (yg, View::rows(g.co, hw, hw)),
-                    false,
-                    plan.gemm_threads,
-                );
-            }
-            for oh in blocks(g, plan) {
-                let width = oh.len() * g.out_w();
-                let cols = grow(cols, kk * width);
-                im2col(g, xg, cols, width, oh.clone());
-                gemm(
-                    (k, View::rows(g.co, kk, kk)),
-                    (cols, View::rows(kk, width, width)),
-                    (&mut yg[oh.start * g.out_w()..], View::rows(g.co, width, hw)),
-                    false,
-                    plan.gemm_threads,
-                );
-            }
-            if let Some(bias) = bias {
-                for (plane, &b) in yg.chunks_mut(hw).zip(bias) {
-                    for v in plane {
-                        *v = bias_relu(*v, b);
-                    }
+    over_groups(
+        plan,
+        (x, in_len),
+        (&mut y, out_len),
+        |xg, yg, m, cols, wide_out| {
+            if m == 1 {
+                // One image: its output is the GEMMs' destination.
+                if g.pointwise() {
+                    gemm(
+                        (k, View::rows(g.co, kk, kk)),
+                        (xg, View::rows(kk, hw, hw)),
+                        (yg, View::rows(g.co, hw, hw)),
+                        false,
+                        plan.gemm_threads,
+                    );
                 }
-            }
-            return;
-        }
-        // Several: one GEMM writes `co × m·hw`, each image's planes copied out.
-        let wide = m * hw;
-        let cols = group_patches(g, xg, cols);
-        let out = grow(wide_out, g.co * wide);
-        gemm(
-            (k, View::rows(g.co, kk, kk)),
-            (cols, View::rows(kk, wide, wide)),
-            (out, View::rows(g.co, wide, wide)),
-            false,
-            plan.gemm_threads,
-        );
-        for (i, yi) in yg.chunks_mut(out_len).enumerate() {
-            for (c, plane) in yi.chunks_mut(hw).enumerate() {
-                let src = &out[c * wide + i * hw..][..hw];
-                match bias {
-                    Some(bias) => {
-                        for (v, &s) in plane.iter_mut().zip(src) {
-                            *v = bias_relu(s, bias[c]);
+                for oh in blocks(g, plan) {
+                    let width = oh.len() * g.out_w();
+                    let cols = grow(cols, kk * width);
+                    im2col(g, xg, cols, width, oh.clone());
+                    gemm(
+                        (k, View::rows(g.co, kk, kk)),
+                        (cols, View::rows(kk, width, width)),
+                        (&mut yg[oh.start * g.out_w()..], View::rows(g.co, width, hw)),
+                        false,
+                        plan.gemm_threads,
+                    );
+                }
+                if let Some(bias) = bias {
+                    for (plane, &b) in yg.chunks_mut(hw).zip(bias) {
+                        for v in plane {
+                            *v = bias_relu(*v, b);
                         }
                     }
-                    None => plane.copy_from_slice(src),
+                }
+                return;
+            }
+            // Several: one GEMM writes `co × m·hw`, each image's planes copied out.
+            let wide = m * hw;
+            let cols = group_patches(g, xg, cols);
+            let out = grow(wide_out, g.co * wide);
+            gemm(
+                (k, View::rows(g.co, kk, kk)),
+                (cols, View::rows(kk, wide, wide)),
+                (out, View::rows(g.co, wide, wide)),
+                false,
+                plan.gemm_threads,
+            );
+            for (i, yi) in yg.chunks_mut(out_len).enumerate() {
+                for (c, plane) in yi.chunks_mut(hw).enumerate() {
+                    let src = &out[c * wide + i * hw..][..hw];
+                    match bias {
+                        Some(bias) => {
+                            for (v, &s) in plane.iter_mut().zip(src) {
+                                *v = bias_relu(s, bias[c]);
+                            }
+                        }
+                        None => plane.copy_from_slice(src),
+                    }
                 }
             }
-        }
-    })
+        },
+    );
+    y
 }
 
 /// Runs `per_group(inputs, outputs, m, scratch, scratch)` over a batch as `plan` spreads it: the
 /// cores' runs of images in parallel, each in groups of up to `plan.per_group` (`m` in this one),
-/// with the thread's two scratch buffers; `in_len` and `out_len` are one image's lengths. Returns
-/// the outputs, each group's zeroed just before its call (while they fit the core's cache, rather
-/// than all of them in a pass of their own beforehand).
+/// with the thread's two scratch buffers; `in_len` and `out_len` are one image's lengths.
 fn over_groups<T: Elem>(
     plan: Plan,
     (input, in_len): (&[T], usize),
-    out_len: usize,
+    (output, out_len): (&mut [T], usize),
     per_group: impl Fn(&[T], &mut [T], usize, &mut Vec<T>, &mut Vec<T>) + Sync,
-) -> Vec<T> {
-    let images = input.len() / in_len.max(1);
-    let len = images * out_len;
-    let mut output: Vec<T> = Vec::with_capacity(len);
+) {
     input
         .par_chunks(plan.per_part * in_len)
-        .zip(output.spare_capacity_mut()[..len].par_chunks_mut(plan.per_part * out_len))
+        .zip(output.par_chunks_mut(plan.per_part * out_len))
         .for_each(|(ins, outs)| {
             T::with_scratch(|a, b| {
                 let groups = ins
                     .chunks(plan.per_group * in_len)
                     .zip(outs.chunks_mut(plan.per_group * out_len));
                 for (ig, og) in groups {
-                    for v in og.iter_mut() {
-                        v.write(T::default());
-                    }
-                    // SAFETY: every element of `og` was initialised just above, and
-                    // `MaybeUninit<T>` has `T`'s layout.
-                    let og = unsafe { &mut *(og as *mut [MaybeUninit<T>] as *mut [T]) };
                     per_group(ig, og, ig.len() / in_len, a, b);
                 }
             })
         });
-    // SAFETY: the parts' groups cover `output[..len]` (`images` images of `out_len`), and each
-    // group's elements were initialised before its call; should a call panic, rayon passes the
-    // panic on before this line and `output` is dropped with length 0.
-    unsafe { output.set_len(len) };
-    output
 }
 
 /// The output row blocks of one image alone in its group: none for a pointwise convolution (its
@@ -662,6 +652,7 @@ fn blocks(g: &Geometry, plan: Plan) -> impl Iterator<Item = Range<usize>> {
 pub(crate) fn input_grad<T: Elem>(g: &Geometry, plan: Plan, k: &[T], dy: &[T]) -> Vec<T> {
     let (hw, kk) = (g.hw_out(), g.k());
     let (in_len, out_len) = (g.c * g.h * g.w, g.co * hw);
+    let mut dx = zeros(g.n * in_len);
     // Wᵀ (K × Co) copied once: read in place from the kernel (column stride K), the gemm crate
     // packed it again for every group of images.
     let wt = transposed(k, g.co, kk);
@@ -669,7 +660,7 @@ pub(crate) fn input_grad<T: Elem>(g: &Geometry, plan: Plan, k: &[T], dy: &[T]) -
     over_groups(
         plan,
         (dy, out_len),
-        in_len,
+        (&mut dx, in_len),
         |dyg, dxg, m, gathered, cols| {
             if m == 1 {
                 if g.pointwise() {
@@ -711,7 +702,8 @@ pub(crate) fn input_grad<T: Elem>(g: &Geometry, plan: Plan, k: &[T], dy: &[T]) -
                 col2im(g, &cols[i * hw..], wide, 0..g.out_h(), dxi);
             }
         },
-    )
+    );
+    dx
 }
 
 /// Rows per block of a transposing copy: each block writes `ROWS` output rows while reading its
