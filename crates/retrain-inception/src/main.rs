@@ -78,7 +78,7 @@ enum Command {
     /// `images_per_sec=X`, on stdout, over --steps timed steps after one untimed warm-up.
     /// `forward`: eval-mode forward passes (bottleneck extraction). `train`: full training
     /// steps: forward in training mode (with the aux head where the size allows, weighted 0.4),
-    /// cross-entropy, backward, and a plain SGD update (lr 0.01), as
+    /// cross-entropy, backward, and a plain SGD update (lr 0.01, in place: `ops::Sgd`), as
     /// `scripts/inception_parity.py bench` does with PyTorch.
     Bench {
         /// Input height and width.
