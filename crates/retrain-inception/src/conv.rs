@@ -472,7 +472,7 @@ const WHOLE: usize = 1 << 22;
 /// How a batch is spread: contiguous runs of `per_part` images, one run per core, each done in
 /// groups of up to `per_group` images, one GEMM per group on `gemm_threads` cores; an image alone
 /// in its group, `rows` output rows per GEMM; with `whole`, the kernel gradient as one product
-/// over the batch, its output rows in as many runs as the images.
+/// over the batch, its output rows split into one run per core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Plan {
     per_part: usize,
@@ -873,23 +873,26 @@ fn batch_planes<T: Elem>(g: &Geometry, y: &[T], dst: &mut Vec<T>) {
 /// product over the whole batch, its output rows split over the cores (no per-core sums to add).
 fn kernel_grad_whole<T: Elem>(g: &Geometry, x: &[T], dy: &[T], parts: usize) -> Vec<T> {
     let (kk, wide) = (g.k(), g.n * g.hw_out());
-    let (mut cols, mut d) = (Vec::new(), Vec::new());
-    batch_patches(g, x, &mut cols);
-    batch_planes(g, dy, &mut d);
     let mut dk = vec![T::default(); g.co * kk];
     let per_core = g.co.div_ceil(parts.max(1)).max(1);
-    dk.par_chunks_mut(per_core * kk)
-        .zip(d.par_chunks(per_core * wide))
-        .for_each(|(out, dyr)| {
-            let rows = out.len() / kk;
-            gemm(
-                (dyr, View::rows(rows, wide, wide)),
-                (&cols, View::cols(wide, kk, wide)),
-                (out, View::rows(rows, kk, kk)),
-                false,
-                1,
-            );
-        });
+    // The calling thread's scratch holds the two matrices (kept between calls).
+    T::with_scratch(|cols, d| {
+        batch_patches(g, x, cols);
+        batch_planes(g, dy, d);
+        let (cols, d) = (&cols[..kk * wide], &d[..g.co * wide]);
+        dk.par_chunks_mut(per_core * kk)
+            .zip(d.par_chunks(per_core * wide))
+            .for_each(|(out, dyr)| {
+                let rows = out.len() / kk;
+                gemm(
+                    (dyr, View::rows(rows, wide, wide)),
+                    (cols, View::cols(wide, kk, wide)),
+                    (out, View::rows(rows, kk, kk)),
+                    false,
+                    1,
+                );
+            });
+    });
     dk
 }
 

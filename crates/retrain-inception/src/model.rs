@@ -725,24 +725,34 @@ impl InceptionV3 {
             &mut xs,
         )?;
         // Each max pool of the stem and the layer before it: one graph node in training.
-        let (ys, pooled) = self
-            .Conv2d_2b_3x3
-            .forward_pooled(&xs, Pool2d::MAX_3X3_S2, train)?;
-        visit("Conv2d_2b_3x3", &ys);
-        visit("maxpool1", &pooled);
-        xs = pooled;
+        let pooled_step = |visit: &mut dyn FnMut(&str, &Tensor),
+                           (name, layer): (&str, &BasicConv2d),
+                           pool_name: &str,
+                           xs: &mut Tensor| {
+            let (ys, pooled) = layer.forward_pooled(xs, Pool2d::MAX_3X3_S2, train)?;
+            visit(name, &ys);
+            visit(pool_name, &pooled);
+            *xs = pooled;
+            Result::Ok(())
+        };
+        pooled_step(
+            visit,
+            ("Conv2d_2b_3x3", &self.Conv2d_2b_3x3),
+            "maxpool1",
+            &mut xs,
+        )?;
         step(
             visit,
             "Conv2d_3b_1x1",
             &|x| x.apply_t(&self.Conv2d_3b_1x1, train),
             &mut xs,
         )?;
-        let (ys, pooled) = self
-            .Conv2d_4a_3x3
-            .forward_pooled(&xs, Pool2d::MAX_3X3_S2, train)?;
-        visit("Conv2d_4a_3x3", &ys);
-        visit("maxpool2", &pooled);
-        xs = pooled;
+        pooled_step(
+            visit,
+            ("Conv2d_4a_3x3", &self.Conv2d_4a_3x3),
+            "maxpool2",
+            &mut xs,
+        )?;
         step(
             visit,
             "Mixed_5b",
