@@ -525,10 +525,16 @@ fn group_patches<'a, T: Elem>(g: &Geometry, xg: &[T], cols: &'a mut Vec<T>) -> &
 /// `m` images' `rows × plane` matrices (`src`, one after the other) side by side as one
 /// `rows × m·plane` matrix in `dst`.
 fn gather<T: Elem>(rows: usize, plane: usize, src: &[T], dst: &mut [T]) {
+    gather_rows(rows, plane, src, 0..rows, dst);
+}
+
+/// [`gather`] for the rows `take` only, row `take.start` at `dst[0]`.
+fn gather_rows<T: Elem>(rows: usize, plane: usize, src: &[T], take: Range<usize>, dst: &mut [T]) {
     let wide = src.len() / rows;
     for (i, image) in src.chunks(rows * plane).enumerate() {
-        for (r, line) in image.chunks(plane).enumerate() {
-            dst[r * wide + i * plane..][..plane].copy_from_slice(line);
+        for r in take.clone() {
+            dst[(r - take.start) * wide + i * plane..][..plane]
+                .copy_from_slice(&image[r * plane..][..plane]);
         }
     }
 }
@@ -851,21 +857,17 @@ fn batch_patches<T: Elem>(g: &Geometry, x: &[T], cols: &mut Vec<T>) {
         });
 }
 
-/// The whole batch's `co × HoWo` output planes side by side, `co × n·HoWo`, filled in parallel.
+/// The whole batch's `co × HoWo` output planes side by side, `co × n·HoWo` ([`gather`] of the
+/// whole batch), its rows filled in parallel.
 fn batch_planes<T: Elem>(g: &Geometry, y: &[T], dst: &mut Vec<T>) {
-    let (hw, out_len) = (g.hw_out(), g.co * g.hw_out());
-    let wide = g.n * hw;
+    let wide = g.n * g.hw_out();
     let per_task = g.co.div_ceil(TASKS * rayon::current_num_threads()).max(1);
     grow(dst, g.co * wide)
         .par_chunks_mut(per_task * wide)
         .enumerate()
         .for_each(|(t, block)| {
-            for (r, row) in block.chunks_mut(wide).enumerate() {
-                let c = t * per_task + r;
-                for (i, plane) in row.chunks_mut(hw).enumerate() {
-                    plane.copy_from_slice(&y[i * out_len + c * hw..][..hw]);
-                }
-            }
+            let rows = t * per_task..t * per_task + block.len() / wide;
+            gather_rows(g.co, g.hw_out(), y, rows, block);
         });
 }
 

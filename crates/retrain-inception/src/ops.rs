@@ -16,9 +16,10 @@
 //! - [`batch_norm_train`]: training-mode batch normalisation over N×C×H×W on the CPU as one
 //!   [`CustomOp3`] (input, γ, β) with a fused backward, statistics accumulated in f64 (candle's
 //!   own composes nine ops with transposed copies and f32 sums).
-//! - [`conv_batch_norm_relu_train`]: convolution, training-mode batch norm and ReLU as one
-//!   [`CustomOp3`] (input, kernel, γ β and the statistics), so the convolution's output gradient
-//!   goes from the batch norm's backward to the convolution's without candle's zero-and-add.
+//! - [`conv_batch_norm_relu_train`]: convolution, training-mode batch norm, ReLU and an optional
+//!   pool after them as one [`CustomOp3`] (input, kernel, γ β and the statistics), so each
+//!   backward (pool, batch norm, convolution) hands its gradient to the next without candle's
+//!   zero-and-add.
 //! - [`Sgd`]: plain SGD (`w ← w − lr·g`) updating each weight in place on the CPU, one pass over it
 //!   and its gradient (`candle_nn::SGD` makes three new tensors per weight and copies the last one
 //!   back: seven passes).
