@@ -21,6 +21,7 @@ use candle_core::{
 };
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// The element types the kernels take.
@@ -72,6 +73,21 @@ elem!(f64, SCRATCH_F64);
 pub(crate) fn zeros<T: Copy + Send + Sync + Default>(len: usize) -> Vec<T> {
     let mut v = Vec::with_capacity(len);
     v.par_extend(rayon::iter::repeat_n(T::default(), len));
+    v
+}
+
+/// `len` elements written by `fill`, which is handed the vector's storage before anything is in
+/// it: an output that is overwritten anyway is not zero-filled first (a pass over memory per
+/// tensor, about 2 % of a training step at 139×139).
+///
+/// # Safety
+///
+/// `fill` must write every one of the `len` elements.
+pub(crate) unsafe fn filled<T>(len: usize, fill: impl FnOnce(&mut [MaybeUninit<T>])) -> Vec<T> {
+    let mut v = Vec::with_capacity(len);
+    fill(&mut v.spare_capacity_mut()[..len]);
+    // SAFETY: the capacity is `len`, and the caller promises `fill` wrote all `len` elements.
+    unsafe { v.set_len(len) };
     v
 }
 
@@ -215,12 +231,41 @@ impl View {
     }
 }
 
-/// `c = a · b`, plus `c` itself when `accumulate`, on `threads` cores: the one call into the
-/// `gemm` crate.
+/// `c = a · b`, plus `c` itself when `accumulate`, on `threads` cores.
 fn gemm<T: Elem>(
+    a: (&[T], View),
+    b: (&[T], View),
+    (c, cv): (&mut [T], View),
+    accumulate: bool,
+    threads: usize,
+) {
+    // SAFETY: `c` is initialised, so it may be read (accumulate) as well as written.
+    unsafe { gemm_raw(a, b, (c.as_mut_ptr(), c.len(), cv), accumulate, threads) }
+}
+
+/// `c = a · b` into storage not yet written (the product overwrites every element of `c` that
+/// `cv` names, without reading it), on `threads` cores.
+fn gemm_into<T: Elem>(
+    a: (&[T], View),
+    b: (&[T], View),
+    (c, cv): (&mut [MaybeUninit<T>], View),
+    threads: usize,
+) {
+    // SAFETY: `c` is a mutable slice of `c.len()` elements; with `accumulate` false nothing reads
+    // it, so it need not be initialised.
+    unsafe { gemm_raw(a, b, (c.as_mut_ptr().cast(), c.len(), cv), false, threads) }
+}
+
+/// The one call into the `gemm` crate.
+///
+/// # Safety
+///
+/// `c` points to `c_len` elements that this call may write, and read too when `accumulate`
+/// (they are then initialised); no one else reads or writes them meanwhile.
+unsafe fn gemm_raw<T: Elem>(
     (a, av): (&[T], View),
     (b, bv): (&[T], View),
-    (c, cv): (&mut [T], View),
+    (c, c_len, cv): (*mut T, usize, View),
     accumulate: bool,
     threads: usize,
 ) {
@@ -235,13 +280,14 @@ fn gemm<T: Elem>(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(cv.extent() <= c.len(), "gemm: destination too short");
+    assert!(cv.extent() <= c_len, "gemm: destination too short");
     assert!(cv.disjoint(), "gemm: destination elements overlap");
     if k == 0 {
         if !accumulate {
             for i in 0..m {
                 for j in 0..n {
-                    c[i * cv.rs + j * cv.cs] = T::default();
+                    // SAFETY: inside the `c_len` elements (the extent check above).
+                    unsafe { c.add(i * cv.rs + j * cv.cs).write(T::default()) };
                 }
             }
         }
@@ -255,15 +301,16 @@ fn gemm<T: Elem>(
         gemm::Parallelism::None
     };
     // SAFETY: the asserts above keep every element the kernel reads (a: m × k, b: k × n) and
-    // writes (c: m × n) inside its slice through the views' strides, no two written elements
-    // share an index, and `c` is borrowed mutably, so no one else reads or writes it meanwhile.
-    // `T` is f32 or f64, which `gemm` supports.
+    // writes (c: m × n) inside its storage through the views' strides, and no two written
+    // elements share an index; the caller vouches for `c` (exclusive, initialised if read). The
+    // kernel reads `c` only when `accumulate` (`read_dst`). `T` is f32 or f64, which `gemm`
+    // supports.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            c,
             cv.cs as isize,
             cv.rs as isize,
             accumulate,
@@ -549,24 +596,20 @@ pub(crate) fn forward<T: Elem>(
 ) -> Vec<T> {
     let (hw, kk) = (g.hw_out(), g.k());
     let (in_len, out_len) = (g.c * g.h * g.w, g.co * hw);
-    let mut y = zeros(g.n * out_len);
+    assert_eq!(x.len(), g.n * in_len, "conv2d: input of the wrong length");
     let bias_relu = |v: T, b: T| {
         let t = v + b;
         if t > T::default() { t } else { T::default() }
     };
-    over_groups(
-        plan,
-        (x, in_len),
-        (&mut y, out_len),
-        |xg, yg, m, cols, wide_out| {
+    let per_group =
+        |xg: &[T], yg: &mut [MaybeUninit<T>], m, cols: &mut Vec<T>, wide_out: &mut Vec<T>| {
             if m == 1 {
                 // One image: its output is the GEMMs' destination.
                 if g.pointwise() {
-                    gemm(
+                    gemm_into(
                         (k, View::rows(g.co, kk, kk)),
                         (xg, View::rows(kk, hw, hw)),
                         (yg, View::rows(g.co, hw, hw)),
-                        false,
                         plan.gemm_threads,
                     );
                 }
@@ -574,15 +617,17 @@ pub(crate) fn forward<T: Elem>(
                     let width = oh.len() * g.out_w();
                     let cols = grow(cols, kk * width);
                     im2col(g, xg, cols, width, oh.clone());
-                    gemm(
+                    gemm_into(
                         (k, View::rows(g.co, kk, kk)),
                         (cols, View::rows(kk, width, width)),
                         (&mut yg[oh.start * g.out_w()..], View::rows(g.co, width, hw)),
-                        false,
                         plan.gemm_threads,
                     );
                 }
                 if let Some(bias) = bias {
+                    // SAFETY: the GEMMs wrote all of `yg`: the pointwise one `co × hw`, the others
+                    // `co` rows of every block of output rows, and the blocks cover them all.
+                    let yg = unsafe { yg.assume_init_mut() };
                     for (plane, &b) in yg.chunks_mut(hw).zip(bias) {
                         for v in plane {
                             *v = bias_relu(*v, b);
@@ -608,26 +653,33 @@ pub(crate) fn forward<T: Elem>(
                     match bias {
                         Some(bias) => {
                             for (v, &s) in plane.iter_mut().zip(src) {
-                                *v = bias_relu(s, bias[c]);
+                                v.write(bias_relu(s, bias[c]));
                             }
                         }
-                        None => plane.copy_from_slice(src),
+                        None => {
+                            plane.write_copy_of_slice(src);
+                        }
                     }
                 }
             }
-        },
-    );
-    y
+        };
+    // SAFETY: every group writes all of its images' outputs (above), and the groups cover the
+    // batch.
+    unsafe {
+        filled(g.n * out_len, |y| {
+            over_groups(plan, (x, in_len), (y, out_len), per_group)
+        })
+    }
 }
 
 /// Runs `per_group(inputs, outputs, m, scratch, scratch)` over a batch as `plan` spreads it: the
 /// cores' runs of images in parallel, each in groups of up to `plan.per_group` (`m` in this one),
 /// with the thread's two scratch buffers; `in_len` and `out_len` are one image's lengths.
-fn over_groups<T: Elem>(
+fn over_groups<T: Elem, U: Send>(
     plan: Plan,
     (input, in_len): (&[T], usize),
-    (output, out_len): (&mut [T], usize),
-    per_group: impl Fn(&[T], &mut [T], usize, &mut Vec<T>, &mut Vec<T>) + Sync,
+    (output, out_len): (&mut [U], usize),
+    per_group: impl Fn(&[T], &mut [U], usize, &mut Vec<T>, &mut Vec<T>) + Sync,
 ) {
     input
         .par_chunks(plan.per_part * in_len)
@@ -658,27 +710,62 @@ fn blocks(g: &Geometry, plan: Plan) -> impl Iterator<Item = Range<usize>> {
 pub(crate) fn input_grad<T: Elem>(g: &Geometry, plan: Plan, k: &[T], dy: &[T]) -> Vec<T> {
     let (hw, kk) = (g.hw_out(), g.k());
     let (in_len, out_len) = (g.c * g.h * g.w, g.co * hw);
-    let mut dx = zeros(g.n * in_len);
+    assert_eq!(
+        dy.len(),
+        g.n * out_len,
+        "conv2d: output gradient of the wrong length"
+    );
     // Wᵀ (K × Co) copied once: read in place from the kernel (column stride K), the gemm crate
     // packed it again for every group of images.
     let wt = transposed(k, g.co, kk);
     let (k, kt) = (&wt[..], View::rows(kk, g.co, g.co));
+    if g.pointwise() {
+        // Each input element gets exactly one product (no patches overlap): the GEMMs' results
+        // are copied or written in place, over storage not zero-filled first.
+        let per_group =
+            |dyg: &[T], dxg: &mut [MaybeUninit<T>], m, gathered: &mut Vec<T>, cols: &mut Vec<T>| {
+                if m == 1 {
+                    gemm_into(
+                        (k, kt),
+                        (dyg, View::rows(g.co, hw, hw)),
+                        (dxg, View::rows(kk, hw, hw)),
+                        plan.gemm_threads,
+                    );
+                    return;
+                }
+                let wide = m * hw;
+                let d = grow(gathered, g.co * wide);
+                gather(g.co, hw, dyg, d);
+                let cols = grow(cols, kk * wide);
+                gemm(
+                    (k, kt),
+                    (d, View::rows(g.co, wide, wide)),
+                    (cols, View::rows(kk, wide, wide)),
+                    false,
+                    plan.gemm_threads,
+                );
+                for (i, dxi) in dxg.chunks_mut(in_len).enumerate() {
+                    for (r, plane) in dxi.chunks_mut(hw).enumerate() {
+                        plane.write_copy_of_slice(&cols[r * wide + i * hw..][..hw]);
+                    }
+                }
+            };
+        // SAFETY: a pointwise image's gradient is `kk × hw` (`in_len`), all of it written by its
+        // GEMM or copied from its group's, and the groups cover the batch.
+        return unsafe {
+            filled(g.n * in_len, |dx| {
+                over_groups(plan, (dy, out_len), (dx, in_len), per_group)
+            })
+        };
+    }
+    // The patches overlap (or skip pixels, with a stride): col2im adds onto zeros.
+    let mut dx = zeros(g.n * in_len);
     over_groups(
         plan,
         (dy, out_len),
         (&mut dx, in_len),
         |dyg, dxg, m, gathered, cols| {
             if m == 1 {
-                if g.pointwise() {
-                    // The image's gradient is the GEMM's destination.
-                    gemm(
-                        (k, kt),
-                        (dyg, View::rows(g.co, hw, hw)),
-                        (dxg, View::rows(kk, hw, hw)),
-                        false,
-                        plan.gemm_threads,
-                    );
-                }
                 for oh in blocks(g, plan) {
                     let width = oh.len() * g.out_w();
                     let cols = grow(cols, kk * width);

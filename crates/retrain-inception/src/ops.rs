@@ -33,9 +33,10 @@ use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, bail,
 };
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
-use crate::conv::{conv2d_detached, conv2d_grads, ours, zeros};
+use crate::conv::{conv2d_detached, conv2d_grads, filled, ours, zeros};
 
 /// Zero-pads the last two dimensions of an N×C×H×W tensor: `pad_h` rows above and below, `pad_w`
 /// columns left and right.
@@ -332,8 +333,14 @@ impl Pool2d {
     /// `h + p` rows apart (`p` zero rows after each), `p` zero rows and `p` zeros before the first.
     /// There every window lies whole inside the buffer and its outside is zeros, so the window's
     /// rows and then its columns are summed as shifted copies of the whole buffer, with no edge
-    /// cases; the planes are then copied out, scaled by `1/kernel²`.
-    fn same_size_avg_planes<T: Float>(&self, x: &[T], out: &mut [T], (h, w): (usize, usize)) {
+    /// cases; the planes are then copied out, scaled by `1/kernel²`, writing every element of `out`
+    /// (as long as `x`).
+    fn same_size_avg_planes<T: Float>(
+        &self,
+        x: &[T],
+        out: &mut [MaybeUninit<T>],
+        (h, w): (usize, usize),
+    ) {
         let p = self.padding;
         let (row, plane) = (w + p, (h + p) * (w + p));
         let lead = p * row + p;
@@ -362,7 +369,7 @@ impl Pool2d {
                     for (i, line) in out.chunks_mut(w).enumerate() {
                         let start = at(i / h, i % h);
                         for (o, &v) in line.iter_mut().zip(&padded[start..start + w]) {
-                            *o = v * scale;
+                            o.write(v * scale);
                         }
                     }
                 },
@@ -489,10 +496,13 @@ impl Pool2d {
 
     fn cpu_forward<T: Float>(&self, x: &[T], dims: &[usize]) -> Result<(Vec<T>, Shape)> {
         let (n, c, h, w, oh, ow) = self.check(dims)?;
-        let mut out = zeros(n * c * oh * ow);
         if self.same_size_avg() {
-            self.same_size_avg_planes(x, &mut out, (h, w));
-        } else if oh * ow > 0 {
+            // SAFETY: as long as `x` (same size), and written whole: see `same_size_avg_planes`.
+            let out = unsafe { filled(x.len(), |out| self.same_size_avg_planes(x, out, (h, w))) };
+            return Ok((out, Shape::from((n, c, oh, ow))));
+        }
+        let mut out = zeros(n * c * oh * ow);
+        if oh * ow > 0 {
             out.par_chunks_mut(oh * ow)
                 .zip(x.par_chunks(h * w))
                 .for_each_init(Vec::new, |rows, (o, x)| {
@@ -511,10 +521,13 @@ impl Pool2d {
                 n * c * oh * ow
             )
         }
-        let mut gx = zeros(n * c * h * w);
         if self.same_size_avg() {
-            self.same_size_avg_planes(g, &mut gx, (h, w));
-        } else if oh * ow > 0 {
+            // SAFETY: as long as `g` (same size, checked above), and written whole: see
+            // `same_size_avg_planes`.
+            return Ok(unsafe { filled(g.len(), |gx| self.same_size_avg_planes(g, gx, (h, w))) });
+        }
+        let mut gx = zeros(n * c * h * w);
+        if oh * ow > 0 {
             gx.par_chunks_mut(h * w)
                 .zip(x.par_chunks(h * w).zip(g.par_chunks(oh * ow)))
                 .for_each_init(Vec::new, |rows, (gx, (x, g))| {
@@ -936,23 +949,25 @@ impl BatchNormTrain {
     fn forward<T: Float>(&self, x: &[T], params: &[T], dims: (usize, usize, usize)) -> Vec<T> {
         let (_, c, hw) = dims;
         let affine = affine(params, c, self.eps);
-        let mut y = zeros(x.len());
-        y.par_chunks_mut(hw)
-            .zip(x.par_chunks(hw))
-            .enumerate()
-            .for_each(|(plane, (y, x))| {
-                let (scale, shift, _) = affine[plane % c];
-                let (scale, shift) = (T::from_f64(scale), T::from_f64(shift));
-                for (y, &x) in y.iter_mut().zip(x) {
-                    let v = x * scale + shift;
-                    *y = if self.relu && v <= T::ZERO {
-                        T::ZERO
-                    } else {
-                        v
-                    };
-                }
-            });
-        y
+        let fill = |y: &mut [MaybeUninit<T>]| {
+            y.par_chunks_mut(hw)
+                .zip(x.par_chunks(hw))
+                .enumerate()
+                .for_each(|(plane, (y, x))| {
+                    let (scale, shift, _) = affine[plane % c];
+                    let (scale, shift) = (T::from_f64(scale), T::from_f64(shift));
+                    for (y, &x) in y.iter_mut().zip(x) {
+                        let v = x * scale + shift;
+                        y.write(if self.relu && v <= T::ZERO {
+                            T::ZERO
+                        } else {
+                            v
+                        });
+                    }
+                })
+        };
+        // SAFETY: the planes of `y` pair with those of `x`, as long, and every element is written.
+        unsafe { filled(x.len(), fill) }
     }
 
     /// dx, then d(γ, β, mean, var) (zero for the detached statistics), packed in one vector.
@@ -964,6 +979,11 @@ impl BatchNormTrain {
         dims: (usize, usize, usize),
     ) -> Vec<T> {
         let (n, c, hw) = dims;
+        assert_eq!(
+            dy.len(),
+            x.len(),
+            "batch norm backward: gradient and input differ in length"
+        );
         let count = (n * hw) as f64;
         let affine = affine(params, c, self.eps);
         // Per channel, in `T`: the mean, and the gradient that reaches the normalisation (dy where
@@ -1009,24 +1029,32 @@ impl BatchNormTrain {
                 )
             })
             .collect();
-        let mut out = zeros(x.len() + 4 * c);
-        let (dx, dparams) = out.split_at_mut(x.len());
-        dx.par_chunks_mut(hw)
-            .zip(x.par_chunks(hw).zip(dy.par_chunks(hw)))
-            .enumerate()
-            .for_each(|(plane, (dx, (x, dy)))| {
-                let ch = plane % c;
-                let (a, b, d) = coefficients[ch];
-                let (m, scale, shift) = consts[ch];
-                for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-                    *dx = a * passed((scale, shift), x, dy) - b - (x - m) * d;
-                }
-            });
-        for (ch, &(sum_dz, sum_dz_xhat)) in sums.iter().enumerate() {
-            dparams[ch] = T::from_f64(sum_dz_xhat);
-            dparams[c + ch] = T::from_f64(sum_dz);
-        }
-        out
+        let fill = |out: &mut [MaybeUninit<T>]| {
+            let (dx, dparams) = out.split_at_mut(x.len());
+            dx.par_chunks_mut(hw)
+                .zip(x.par_chunks(hw).zip(dy.par_chunks(hw)))
+                .enumerate()
+                .for_each(|(plane, (dx, (x, dy)))| {
+                    let ch = plane % c;
+                    let (a, b, d) = coefficients[ch];
+                    let (m, scale, shift) = consts[ch];
+                    for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+                        dx.write(a * passed((scale, shift), x, dy) - b - (x - m) * d);
+                    }
+                });
+            let (dgamma, rest) = dparams.split_at_mut(c);
+            let (dbeta, dstats) = rest.split_at_mut(c);
+            for (ch, (dgamma, dbeta)) in dgamma.iter_mut().zip(dbeta).enumerate() {
+                let (sum_dz, sum_dz_xhat) = sums[ch];
+                dgamma.write(T::from_f64(sum_dz_xhat));
+                dbeta.write(T::from_f64(sum_dz));
+            }
+            dstats.fill(MaybeUninit::new(T::ZERO));
+        };
+        // SAFETY: `dx` is written plane by plane (as long as `x` and `dy`, asserted, whose planes
+        // it pairs with), then dγ and dβ channel by channel, and the statistics' gradients are
+        // zero-filled.
+        unsafe { filled(x.len() + 4 * c, fill) }
     }
 }
 
