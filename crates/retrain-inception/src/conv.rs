@@ -734,16 +734,7 @@ pub(crate) fn input_grad<T: Elem>(g: &Geometry, plan: Plan, k: &[T], dy: &[T]) -
                     return;
                 }
                 let wide = m * hw;
-                let d = grow(gathered, g.co * wide);
-                gather(g.co, hw, dyg, d);
-                let cols = grow(cols, kk * wide);
-                gemm(
-                    (k, kt),
-                    (d, View::rows(g.co, wide, wide)),
-                    (cols, View::rows(kk, wide, wide)),
-                    false,
-                    plan.gemm_threads,
-                );
+                let cols = group_input_cols(g, plan, (k, kt), dyg, gathered, cols);
                 for (i, dxi) in dxg.chunks_mut(in_len).enumerate() {
                     for (r, plane) in dxi.chunks_mut(hw).enumerate() {
                         plane.write_copy_of_slice(&cols[r * wide + i * hw..][..hw]);
@@ -781,22 +772,39 @@ pub(crate) fn input_grad<T: Elem>(g: &Geometry, plan: Plan, k: &[T], dy: &[T]) -
                 return;
             }
             let wide = m * hw;
-            let d = grow(gathered, g.co * wide);
-            gather(g.co, hw, dyg, d);
-            let cols = grow(cols, kk * wide);
-            gemm(
-                (k, kt),
-                (d, View::rows(g.co, wide, wide)),
-                (cols, View::rows(kk, wide, wide)),
-                false,
-                plan.gemm_threads,
-            );
+            let cols = group_input_cols(g, plan, (k, kt), dyg, gathered, cols);
             for (i, dxi) in dxg.chunks_mut(in_len).enumerate() {
                 col2im(g, &cols[i * hw..], wide, 0..g.out_h(), dxi);
             }
         },
     );
     dx
+}
+
+/// The input gradient's product for a group of images (`dyg`, one after the other): their output
+/// gradients gathered side by side into `gathered`, times `Wᵀ` (`wt`, `K × Co`), as one
+/// `K × m·HoWo` matrix in `cols`.
+fn group_input_cols<'a, T: Elem>(
+    g: &Geometry,
+    plan: Plan,
+    wt: (&[T], View),
+    dyg: &[T],
+    gathered: &mut Vec<T>,
+    cols: &'a mut Vec<T>,
+) -> &'a [T] {
+    let hw = g.hw_out();
+    let wide = dyg.len() / g.co;
+    let d = grow(gathered, g.co * wide);
+    gather(g.co, hw, dyg, d);
+    let cols = grow(cols, g.k() * wide);
+    gemm(
+        wt,
+        (d, View::rows(g.co, wide, wide)),
+        (cols, View::rows(g.k(), wide, wide)),
+        false,
+        plan.gemm_threads,
+    );
+    cols
 }
 
 /// Rows per block of a transposing copy: each block writes `ROWS` output rows while reading its

@@ -158,6 +158,8 @@ const CHUNK: usize = 1 << 15;
 /// the two agree to f32 rounding; a test pins that). The var is the op's mutable storage, the
 /// gradient its second argument, the state borrowed here.
 struct HostUpdate<'a> {
+    /// The var's name, for errors.
+    name: &'a str,
     kind: OptimizerKind,
     lr: f64,
     /// This var's update number, from 1 (AdamW's bias correction).
@@ -173,16 +175,12 @@ impl HostUpdate<'_> {
         let n = w.len();
         if g.len() != n || first.len() != n || second.as_ref().is_some_and(|s| s.len() != n) {
             candle_core::bail!(
-                "optimizer: {n} weights but {} gradients and {} state values",
+                "optimizer: {}: {n} weights but {} gradients and {} state values",
+                self.name,
                 g.len(),
                 first.len()
             );
         }
-        let (w, g, first) = (
-            w.par_chunks_mut(CHUNK),
-            g.par_chunks(CHUNK),
-            first.par_chunks_mut(CHUNK),
-        );
         let lr = self.lr;
         match self.kind {
             OptimizerKind::Rmsprop {
@@ -191,29 +189,27 @@ impl HostUpdate<'_> {
                 eps,
             } => {
                 let Some(mom) = second.as_deref_mut() else {
-                    candle_core::bail!("optimizer: rmsprop keeps mom")
+                    candle_core::bail!("optimizer: {}: rmsprop keeps mom", self.name)
                 };
-                w.zip(g).zip(first.zip(mom.par_chunks_mut(CHUNK))).for_each(
-                    |((w, g), (ms, mom))| {
-                        for (((w, &g), ms), mom) in w.iter_mut().zip(g).zip(ms).zip(mom) {
-                            let g = f64::from(g);
-                            let s = decay * f64::from(*ms) + (1.0 - decay) * g * g;
-                            let m = momentum * f64::from(*mom) + lr * g / (s + eps).sqrt();
-                            *ms = s as f32;
-                            *mom = m as f32;
-                            *w = (f64::from(*w) - m) as f32;
-                        }
-                    },
-                );
+                each_with_two((w, g), (first, mom), |w, g, ms, mom| {
+                    let s = decay * f64::from(*ms) + (1.0 - decay) * g * g;
+                    let m = momentum * f64::from(*mom) + lr * g / (s + eps).sqrt();
+                    *ms = s as f32;
+                    *mom = m as f32;
+                    *w = (f64::from(*w) - m) as f32;
+                });
             }
             OptimizerKind::Sgd { momentum } => {
-                w.zip(g).zip(first).for_each(|((w, g), buf)| {
-                    for ((w, &g), buf) in w.iter_mut().zip(g).zip(buf) {
-                        let b = momentum * f64::from(*buf) + f64::from(g);
-                        *buf = b as f32;
-                        *w = (f64::from(*w) - lr * b) as f32;
-                    }
-                });
+                let pieces = w.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK));
+                pieces
+                    .zip(first.par_chunks_mut(CHUNK))
+                    .for_each(|((w, g), buf)| {
+                        for ((w, &g), buf) in w.iter_mut().zip(g).zip(buf) {
+                            let b = momentum * f64::from(*buf) + f64::from(g);
+                            *buf = b as f32;
+                            *w = (f64::from(*w) - lr * b) as f32;
+                        }
+                    });
             }
             OptimizerKind::Adamw {
                 beta1,
@@ -222,29 +218,41 @@ impl HostUpdate<'_> {
                 weight_decay,
             } => {
                 let Some(v) = second.as_deref_mut() else {
-                    candle_core::bail!("optimizer: adamw keeps v")
+                    candle_core::bail!("optimizer: {}: adamw keeps v", self.name)
                 };
                 let t = i32::try_from(self.t).unwrap_or(i32::MAX);
                 let bias1 = 1.0 - beta1.powi(t);
                 let bias2 = 1.0 - beta2.powi(t);
-                w.zip(g)
-                    .zip(first.zip(v.par_chunks_mut(CHUNK)))
-                    .for_each(|((w, g), (m, v))| {
-                        for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m).zip(v) {
-                            let g = f64::from(g);
-                            let mi = beta1 * f64::from(*m) + (1.0 - beta1) * g;
-                            let vi = beta2 * f64::from(*v) + (1.0 - beta2) * g * g;
-                            let denom = vi.sqrt() / bias2.sqrt() + eps;
-                            *m = mi as f32;
-                            *v = vi as f32;
-                            *w = (f64::from(*w) * (1.0 - lr * weight_decay)
-                                - lr / bias1 * mi / denom) as f32;
-                        }
-                    });
+                each_with_two((w, g), (first, v), |w, g, m, v| {
+                    let mi = beta1 * f64::from(*m) + (1.0 - beta1) * g;
+                    let vi = beta2 * f64::from(*v) + (1.0 - beta2) * g * g;
+                    let denom = vi.sqrt() / bias2.sqrt() + eps;
+                    *m = mi as f32;
+                    *v = vi as f32;
+                    *w = (f64::from(*w) * (1.0 - lr * weight_decay) - lr / bias1 * mi / denom)
+                        as f32;
+                });
             }
         }
         Ok(())
     }
+}
+
+/// `f(w, g, a, b)` for each weight `w`, its gradient `g` (in f64) and its two state values, in
+/// parallel pieces of [`CHUNK`] (the lengths are checked equal by the caller).
+fn each_with_two(
+    (w, g): (&mut [f32], &[f32]),
+    (a, b): (&mut [f32], &mut [f32]),
+    f: impl Fn(&mut f32, f64, &mut f32, &mut f32) + Sync,
+) {
+    use rayon::prelude::*;
+    let pieces = w.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK));
+    let states = a.par_chunks_mut(CHUNK).zip(b.par_chunks_mut(CHUNK));
+    pieces.zip(states).for_each(|((w, g), (a, b))| {
+        for (((w, &g), a), b) in w.iter_mut().zip(g).zip(a).zip(b) {
+            f(w, f64::from(g), a, b);
+        }
+    });
 }
 
 impl candle_core::InplaceOp2 for HostUpdate<'_> {
@@ -261,13 +269,19 @@ impl candle_core::InplaceOp2 for HostUpdate<'_> {
     ) -> candle_core::Result<()> {
         let (Some((a, b)), Some((c, d))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
         else {
-            candle_core::bail!("optimizer: a weight or gradient is not contiguous")
+            candle_core::bail!(
+                "optimizer: {}: weight or gradient not contiguous",
+                self.name
+            )
         };
         match (s1, s2) {
             (candle_core::CpuStorage::F32(w), candle_core::CpuStorage::F32(g)) => {
                 self.run(&mut w[a..b], &g[c..d])
             }
-            _ => candle_core::bail!("optimizer: the in-place update takes f32 only"),
+            _ => candle_core::bail!(
+                "optimizer: {}: the in-place update takes f32 only",
+                self.name
+            ),
         }
     }
 }
@@ -435,6 +449,7 @@ impl Optimizer {
                     }
                     let g = grad.to_dtype(DType::F32)?.contiguous()?;
                     let op = HostUpdate {
+                        name: &slot.name,
                         kind: self.kind,
                         lr,
                         t: slot.updates + 1,
