@@ -24,6 +24,8 @@ use std::cell::RefCell;
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
+use crate::direct;
+
 /// The element types the kernels take.
 pub(crate) trait Elem:
     Copy
@@ -1100,11 +1102,24 @@ impl Conv {
         let shape = Shape::from((g.n, g.co, g.out_h(), g.out_w()));
         let plan = Plan::new(&g, rayon::current_num_threads());
         let out = match (s1, s2, bias) {
+            (CpuStorage::F32(x), CpuStorage::F32(k), None) if direct::takes_forward(&g) => {
+                CpuStorage::F32(direct::forward(&g, slice(x, l1)?, slice(k, l2)?, None))
+            }
             (CpuStorage::F32(x), CpuStorage::F32(k), None) => {
                 CpuStorage::F32(forward(&g, plan, slice(x, l1)?, slice(k, l2)?, None))
             }
             (CpuStorage::F64(x), CpuStorage::F64(k), None) => {
                 CpuStorage::F64(forward(&g, plan, slice(x, l1)?, slice(k, l2)?, None))
+            }
+            (CpuStorage::F32(x), CpuStorage::F32(k), Some((CpuStorage::F32(b), l3)))
+                if direct::takes_forward(&g) =>
+            {
+                CpuStorage::F32(direct::forward(
+                    &g,
+                    slice(x, l1)?,
+                    slice(k, l2)?,
+                    Some(slice(b, l3)?),
+                ))
             }
             (CpuStorage::F32(x), CpuStorage::F32(k), Some((CpuStorage::F32(b), l3))) => {
                 CpuStorage::F32(forward(
@@ -1246,9 +1261,13 @@ impl CustomOp2 for Grad {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let out = match (s1, s2) {
-            (CpuStorage::F32(a), CpuStorage::F32(dy)) => {
-                CpuStorage::F32(self.run(slice(a, l1)?, slice(dy, l2)?))
-            }
+            (CpuStorage::F32(a), CpuStorage::F32(dy)) => match self {
+                // `a` is the kernel here.
+                Self::Input(g) if direct::takes_input_grad(g) => {
+                    CpuStorage::F32(direct::input_grad(g, slice(a, l1)?, slice(dy, l2)?))
+                }
+                _ => CpuStorage::F32(self.run(slice(a, l1)?, slice(dy, l2)?)),
+            },
             (CpuStorage::F64(a), CpuStorage::F64(dy)) => {
                 CpuStorage::F64(self.run(slice(a, l1)?, slice(dy, l2)?))
             }

@@ -30,6 +30,7 @@ use rand_chacha::ChaCha8Rng;
 pub mod alloc;
 pub mod conv;
 pub mod counter;
+mod direct;
 pub mod model;
 pub mod ops;
 pub mod pth;

@@ -1,0 +1,619 @@
+//! Direct convolution on the CPU for stride-1 k×k kernels (f32, AVX-512): no patch matrix.
+//!
+//! Output channels go in blocks of 32 (two 16-lane vectors) over tiles of up to 14 output pixels
+//! (a run of one output row, or a few whole short rows): for each kernel element `(ic, i, j)` the
+//! block's 32 weights are loaded once (packed beforehand, `K × 32` per block) and each pixel's input
+//! value `x[ic][oh + i][ow + j]` is broadcast into its two running sums; the 28 sums stay in
+//! registers for the whole `K` sum. The input is read in place (a zero-padded copy per image when
+//! the convolution pads), so the `K × HoWo` patch matrix of the GEMM path (`conv`), and the GEMM's
+//! own packed copy of it, are never written. For Inception's small planes (1×7, 7×1, 3×3 and 5×5
+//! kernels at 7×7 and 15×15) that matrix and the GEMM's poor blocking for them cost about half of
+//! the time.
+//!
+//! The input gradient of a stride-1 convolution is the same computation: a convolution of the
+//! output gradient, padded by `k − 1 − p`, with the kernel flipped and its two channel axes
+//! swapped.
+//!
+//! The kernels are chosen at run time: on a CPU without AVX-512 (or with
+//! `RETRAIN_DIRECT_CONV=0`), [`takes_forward`] and [`takes_input_grad`] say no and the GEMM path runs.
+
+use std::mem::MaybeUninit;
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use crate::conv::{Elem, Geometry, filled};
+
+/// f32 lanes in one vector register.
+const LANES: usize = 16;
+
+/// Output channels per block: two vectors.
+const BLOCK: usize = 2 * LANES;
+
+/// Output pixels per tile: with two vectors each, 28 of the 32 vector registers hold sums.
+const PIXELS: usize = 14;
+
+/// Whether this CPU runs the direct kernels: AVX-512F, unless `RETRAIN_DIRECT_CONV=0`.
+fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        let wanted = std::env::var("RETRAIN_DIRECT_CONV").map_or(true, |v| v != "0");
+        wanted && avx512()
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx512() -> bool {
+    false
+}
+
+/// Whether the kernels can compute this convolution: stride 1, a kernel larger than 1×1, padding
+/// smaller than the kernel, on a CPU with the kernels.
+fn fits(g: &Geometry) -> bool {
+    g.stride == 1
+        && g.dilation == 1
+        && (g.kh > 1 || g.kw > 1)
+        && g.ph < g.kh
+        && g.pw < g.kw
+        && enabled()
+}
+
+/// Whether [`forward`] takes this convolution: one the kernels compute, whose output channels
+/// fill whole blocks and whose output rows are at least 5 wide. Where they measured slower than
+/// the GEMM path it keeps its work: a 3×3 plane's tiles have 9 pixels (and a block's weights are
+/// read from memory again for every image), and a part-filled block wastes its multiplications.
+pub(crate) fn takes_forward(g: &Geometry) -> bool {
+    fits(g) && g.co.is_multiple_of(BLOCK) && g.out_w() >= MIN_WIDTH
+}
+
+/// Whether [`input_grad`] takes this convolution: as [`takes_forward`], with the input's channels
+/// and width in place of the output's (the input gradient's outputs).
+pub(crate) fn takes_input_grad(g: &Geometry) -> bool {
+    fits(g) && g.c.is_multiple_of(BLOCK) && g.w >= MIN_WIDTH
+}
+
+/// The narrowest output rows [`takes_forward`] and [`takes_input_grad`] take.
+const MIN_WIDTH: usize = 5;
+
+/// The forward pass, `n × co × ho × wo`; with `bias`, `max(conv + bias, 0)` per output channel.
+pub(crate) fn forward(g: &Geometry, x: &[f32], k: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    assert!(
+        fits(g),
+        "direct convolution: {g:?} is not one the kernels compute"
+    );
+    let kk = g.c * g.kh * g.kw;
+    assert_eq!(k.len(), g.co * kk, "conv2d: kernel of the wrong length");
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), g.co, "conv2d: bias of the wrong length");
+    }
+    let panels = pack(g.co, kk, |o, e| k[o * kk + e]);
+    run(g, x, &panels, bias)
+}
+
+/// The input gradient, `n × c × h × w`: the output gradient padded by `k − 1 − p` per axis,
+/// convolved with `W'[ic][co][i][j] = W[co][ic][kh − 1 − i][kw − 1 − j]`.
+pub(crate) fn input_grad(g: &Geometry, k: &[f32], dy: &[f32]) -> Vec<f32> {
+    assert!(
+        fits(g),
+        "direct convolution: {g:?} is not one the kernels compute"
+    );
+    let t = Geometry {
+        n: g.n,
+        c: g.co,
+        h: g.out_h(),
+        w: g.out_w(),
+        co: g.c,
+        kh: g.kh,
+        kw: g.kw,
+        stride: 1,
+        ph: g.kh - 1 - g.ph,
+        pw: g.kw - 1 - g.pw,
+        dilation: 1,
+    };
+    let (kh, kw) = (g.kh, g.kw);
+    assert_eq!(
+        k.len(),
+        g.co * g.c * kh * kw,
+        "conv2d: kernel of the wrong length"
+    );
+    let panels = pack(g.c, g.co * kh * kw, |ic, e| {
+        let (o, ij) = (e / (kh * kw), e % (kh * kw));
+        let (i, j) = (ij / kw, ij % kw);
+        k[((o * g.c + ic) * kh + kh - 1 - i) * kw + kw - 1 - j]
+    });
+    run(&t, dy, &panels, None)
+}
+
+/// An `m × kk` matrix (`at(row, e)`) as blocks of `BLOCK` rows, each `kk × BLOCK` (row fastest),
+/// the last block padded with zeros.
+fn pack(m: usize, kk: usize, at: impl Fn(usize, usize) -> f32 + Sync) -> Vec<f32> {
+    let mut panels = vec![0.0; m.div_ceil(BLOCK) * kk * BLOCK];
+    panels
+        .par_chunks_mut(kk * BLOCK)
+        .enumerate()
+        .for_each(|(b, panel)| {
+            for r in 0..BLOCK.min(m - b * BLOCK) {
+                for e in 0..kk {
+                    panel[e * BLOCK + r] = at(b * BLOCK + r, e);
+                }
+            }
+        });
+    panels
+}
+
+/// The convolution of `x` (`n × c × h × w`) with packed kernel `panels`, stride 1.
+fn run(g: &Geometry, x: &[f32], panels: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let (ho, wo) = (g.out_h(), g.out_w());
+    let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
+    let (in_len, plane) = (g.c * g.h * g.w, ho * wo);
+    let out_len = g.co * plane;
+    assert_eq!(x.len(), g.n * in_len, "conv2d: input of the wrong length");
+    let kk = g.c * g.kh * g.kw;
+    assert!(
+        g.c * hp * wp <= u32::MAX as usize,
+        "conv2d: a padded image of {} elements",
+        g.c * hp * wp
+    );
+    // Where kernel element (ic, i, j) reads, relative to a pixel's top-left input.
+    let offsets: Vec<u32> = (0..g.c)
+        .flat_map(|ic| {
+            (0..g.kh).flat_map(move |i| (0..g.kw).map(move |j| (ic * hp * wp + i * wp + j) as u32))
+        })
+        .collect();
+    let tiles = tiles(ho, wo);
+    let padded = g.ph > 0 || g.pw > 0;
+    let src_len = g.c * hp * wp;
+    let blocks = g.co.div_ceil(BLOCK);
+    let one = |b: usize, xi: &[f32], yb: &mut [MaybeUninit<f32>], tiles: &[Tile]| {
+        let panel = &panels[b * kk * BLOCK..][..kk * BLOCK];
+        let bias = bias.map(|v| &v[b * BLOCK..][..yb.len() / plane]);
+        block(panel, &offsets, (xi, wp), tiles, (yb, wo, plane), bias);
+    };
+    // The images as the kernels read them: `xg` itself, or padded into `pad`.
+    let source = |xg: &'_ [f32], pad: &mut Vec<f32>| {
+        if padded {
+            pad_images(g, xg, pad);
+        }
+    };
+    let threads = rayon::current_num_threads().max(1);
+    if g.n < threads {
+        // Too few images to go round: one at a time, its blocks of channels over the cores.
+        // SAFETY: every block of every image is written by `block`, whose tiles cover the plane.
+        return unsafe {
+            filled(g.n * out_len, |y| {
+                let mut pad = Vec::new();
+                for (xi, yi) in x.chunks(in_len).zip(y.chunks_mut(out_len)) {
+                    source(xi, &mut pad);
+                    let xi = if padded { &pad[..] } else { xi };
+                    yi.par_chunks_mut(BLOCK * plane)
+                        .enumerate()
+                        .for_each(|(b, yb)| one(b, xi, yb, &tiles));
+                }
+            })
+        };
+    }
+    // Each core's run of images in groups whose inputs fit half of a core's L2 cache; within a
+    // group, one block of channels (its panel read from L2 again and again) over all its images.
+    // An image alone in its group (a large plane) goes one band of tiles (an output row) at a
+    // time through all the blocks, so that the band's input rows stay in cache meanwhile.
+    let per_part = g.n.div_ceil(threads);
+    let per_group = (GROUP_BYTES / (4 * src_len).max(1)).clamp(1, per_part);
+    let band = if per_group > 1 {
+        tiles.len()
+    } else {
+        tiles.iter().take_while(|t| t.oh == 0).count()
+    };
+    let part = |(xs, ys): (&[f32], &mut [MaybeUninit<f32>])| {
+        f32::with_scratch(|pad, _| {
+            for (xg, yg) in xs
+                .chunks(per_group * in_len)
+                .zip(ys.chunks_mut(per_group * out_len))
+            {
+                source(xg, pad);
+                let (src, stride) = if padded {
+                    (&pad[..], src_len)
+                } else {
+                    (xg, in_len)
+                };
+                for tiles in tiles.chunks(band.max(1)) {
+                    for b in 0..blocks {
+                        for (i, yi) in yg.chunks_mut(out_len).enumerate() {
+                            let yb = &mut yi[b * BLOCK * plane..];
+                            let rows = BLOCK.min(g.co - b * BLOCK);
+                            let xi = &src[i * stride..][..stride];
+                            one(b, xi, &mut yb[..rows * plane], tiles);
+                        }
+                    }
+                }
+            }
+        })
+    };
+    // SAFETY: every block of every image is written by `block`, whose tiles cover the plane.
+    unsafe {
+        filled(g.n * out_len, |y| {
+            x.par_chunks(per_part * in_len)
+                .zip(y.par_chunks_mut(per_part * out_len))
+                .for_each(part)
+        })
+    }
+}
+
+/// Bytes of input images (padded) a core works through per block of output channels: half of its
+/// L2 cache, the other half left to the block's packed kernel.
+const GROUP_BYTES: usize = 1 << 20;
+
+/// Images `x` (each `c × h × w`) zero-padded into `pad` (each `c × hp × wp`).
+fn pad_images(g: &Geometry, x: &[f32], pad: &mut Vec<f32>) {
+    let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
+    pad.clear();
+    pad.resize(x.len() / (g.h * g.w) * hp * wp, 0.0);
+    for (src, dst) in x.chunks(g.h * g.w).zip(pad.chunks_mut(hp * wp)) {
+        for (row, out) in src.chunks(g.w).zip(dst[g.ph * wp..].chunks_mut(wp)) {
+            out[g.pw..g.pw + g.w].copy_from_slice(row);
+        }
+    }
+}
+
+/// One block of output channels of one image: `yb` holds its `rows × plane` outputs (`rows ≤
+/// BLOCK`, row stride `wo` within a plane), `panel` its packed weights, `x` the (padded) image with
+/// row stride `wp`.
+fn block(
+    panel: &[f32],
+    offsets: &[u32],
+    (x, wp): (&[f32], usize),
+    tiles: &[Tile],
+    (yb, wo, plane): (&mut [MaybeUninit<f32>], usize, usize),
+    bias: Option<&[f32]>,
+) {
+    let rows = yb.len() / plane;
+    assert!(rows <= BLOCK && yb.len() == rows * plane);
+    assert_eq!(panel.len(), offsets.len() * BLOCK);
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), rows);
+    }
+    for t in tiles {
+        // The farthest read: the last offset plus the tile's last pixel.
+        let last = offsets.last().map_or(0, |&o| o as usize) + (t.oh + t.rows - 1) * wp + t.ow;
+        assert!(
+            last + t.cols <= x.len(),
+            "direct convolution: image too short"
+        );
+        assert!((t.oh + t.rows - 1) * wo + t.ow + t.cols <= plane);
+        let dest = Dest {
+            y: yb[t.oh * wo + t.ow..].as_mut_ptr().cast(),
+            wo,
+            plane,
+            rows,
+            bias: bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
+        };
+        // SAFETY: the kernel reads `panel` (`offsets.len() × BLOCK`, asserted), and `x` at
+        // `offset + r·wp + c` for r < t.rows, c < t.cols, inside `x` (asserted for the largest
+        // offset); it writes `yb` at `o·plane + r·wo + c` from the tile's first pixel for
+        // o < rows, inside `yb` (the plane bound asserted); `bias` has `rows` values when not
+        // null. The kernel was picked for this tile's shape and runs only where `fits` found
+        // AVX-512.
+        unsafe {
+            (t.kernel)(
+                panel.as_ptr(),
+                offsets,
+                x[t.oh * wp + t.ow..].as_ptr(),
+                wp,
+                &dest,
+            )
+        };
+    }
+}
+
+/// Where a tile's sums go: output channel `o`, row `r`, column `c` of the tile at
+/// `y + o·plane + r·wo + c`, for `o < rows`; with `bias` (else null), `max(sum + bias[o], 0)`.
+struct Dest {
+    y: *mut f32,
+    wo: usize,
+    plane: usize,
+    rows: usize,
+    bias: *const f32,
+}
+
+/// A tile kernel: (packed panel, offsets, the tile's first input pixel, input row stride, where).
+type Kernel = unsafe fn(*const f32, &[u32], *const f32, usize, &Dest);
+
+/// `rows × cols` output pixels from `(oh, ow)`, and the kernel for that shape.
+struct Tile {
+    oh: usize,
+    ow: usize,
+    rows: usize,
+    cols: usize,
+    kernel: Kernel,
+}
+
+/// The tiles of an `ho × wo` output plane: runs of 7 to 14 pixels of each row when rows are at
+/// least 14 wide, else as many whole rows as fit 14 pixels.
+fn tiles(ho: usize, wo: usize) -> Vec<Tile> {
+    let mut out = Vec::new();
+    let mut add = |oh, ow, rows, cols| {
+        out.push(Tile {
+            oh,
+            ow,
+            rows,
+            cols,
+            kernel: kernel(rows, cols),
+        })
+    };
+    if wo >= PIXELS {
+        let parts = wo.div_ceil(PIXELS);
+        for oh in 0..ho {
+            for p in 0..parts {
+                let (a, b) = (wo * p / parts, wo * (p + 1) / parts);
+                add(oh, a, 1, b - a);
+            }
+        }
+    } else if let Some(per) = PIXELS.checked_div(wo) {
+        let mut oh = 0;
+        while oh < ho {
+            let rows = per.min(ho - oh);
+            add(oh, 0, rows, wo);
+            oh += rows;
+        }
+    }
+    out
+}
+
+/// The sums of one tile, `R × C` pixels by `BLOCK` output channels, over all `offsets`.
+///
+/// # Safety
+///
+/// The CPU has AVX-512F. `a` points to `offsets.len() × BLOCK` values; `x + off + r·wp + c` is
+/// readable for every offset, `r < R`, `c < C`; `dest` names writable outputs (see [`Dest`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile<const R: usize, const C: usize>(
+    a: *const f32,
+    offsets: &[u32],
+    x: *const f32,
+    wp: usize,
+    dest: &Dest,
+) {
+    use std::arch::x86_64::_mm512_storeu_ps;
+    use std::arch::x86_64::{_mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps};
+    // SAFETY: the caller vouches for every pointer read and written here (see above).
+    unsafe {
+        let mut acc = [[[_mm512_setzero_ps(); 2]; C]; R];
+        let mut a = a;
+        for &off in offsets {
+            let (a0, a1) = (_mm512_loadu_ps(a), _mm512_loadu_ps(a.add(LANES)));
+            a = a.add(BLOCK);
+            let p = x.add(off as usize);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let pr = p.add(r * wp);
+                for (c, acc) in acc.iter_mut().enumerate() {
+                    let b = _mm512_set1_ps(*pr.add(c));
+                    acc[0] = _mm512_fmadd_ps(a0, b, acc[0]);
+                    acc[1] = _mm512_fmadd_ps(a1, b, acc[1]);
+                }
+            }
+        }
+        let mut sums = [[[0f32; BLOCK]; C]; R];
+        for (acc, sums) in acc.iter().zip(&mut sums) {
+            for (acc, sums) in acc.iter().zip(sums) {
+                _mm512_storeu_ps(sums.as_mut_ptr(), acc[0]);
+                _mm512_storeu_ps(sums.as_mut_ptr().add(LANES), acc[1]);
+            }
+        }
+        for (r, sums) in sums.iter().enumerate() {
+            for (c, sums) in sums.iter().enumerate() {
+                let y = dest.y.add(r * dest.wo + c);
+                for (o, &s) in sums[..dest.rows].iter().enumerate() {
+                    let v = if dest.bias.is_null() {
+                        s
+                    } else {
+                        let t = s + *dest.bias.add(o);
+                        if t > 0.0 { t } else { 0.0 }
+                    };
+                    y.add(o * dest.plane).write(v);
+                }
+            }
+        }
+    }
+}
+
+/// Never called: [`fits`] is false off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn tile<const R: usize, const C: usize>(
+    _: *const f32,
+    _: &[u32],
+    _: *const f32,
+    _: usize,
+    _: &Dest,
+) {
+    unreachable!("direct convolution kernels exist on x86-64 only")
+}
+
+/// The kernel for `rows × cols` tiles: every shape [`tiles`] makes (`rows · cols ≤ 14`).
+macro_rules! kernels {
+    ($(($r:literal, $c:literal)),* $(,)?) => {
+        fn kernel(rows: usize, cols: usize) -> Kernel {
+            match (rows, cols) {
+                $(($r, $c) => tile::<$r, $c>,)*
+                _ => unreachable!("no {rows}×{cols} tile kernel"),
+            }
+        }
+    };
+}
+
+kernels!(
+    (1, 1),
+    (2, 1),
+    (3, 1),
+    (4, 1),
+    (5, 1),
+    (6, 1),
+    (7, 1),
+    (8, 1),
+    (9, 1),
+    (10, 1),
+    (11, 1),
+    (12, 1),
+    (13, 1),
+    (14, 1),
+    (1, 2),
+    (2, 2),
+    (3, 2),
+    (4, 2),
+    (5, 2),
+    (6, 2),
+    (7, 2),
+    (1, 3),
+    (2, 3),
+    (3, 3),
+    (4, 3),
+    (1, 4),
+    (2, 4),
+    (3, 4),
+    (1, 5),
+    (2, 5),
+    (1, 6),
+    (2, 6),
+    (1, 7),
+    (2, 7),
+    (1, 8),
+    (1, 9),
+    (1, 10),
+    (1, 11),
+    (1, 12),
+    (1, 13),
+    (1, 14),
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_cover_every_output_pixel_once_with_a_kernel_for_their_shape() {
+        for ho in 0..20 {
+            for wo in 0..40 {
+                let mut seen = vec![0u8; ho * wo];
+                for t in tiles(ho, wo) {
+                    assert!(t.rows * t.cols <= PIXELS && t.rows >= 1 && t.cols >= 1);
+                    for r in 0..t.rows {
+                        for c in 0..t.cols {
+                            seen[(t.oh + r) * wo + t.ow + c] += 1;
+                        }
+                    }
+                }
+                assert!(seen.iter().all(|&s| s == 1), "{ho}×{wo}: {seen:?}");
+            }
+        }
+    }
+
+    /// Values in [-1, 1) from a counter (no RNG needed).
+    fn values(n: usize, salt: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7919 + salt * 104_729) % 2003) as f32 / 1001.5 - 1.0)
+            .collect()
+    }
+
+    /// The convolution, its input gradient for `dy` and (with `bias`) the biased ReLU, by their
+    /// definitions in f64.
+    fn reference(
+        g: &Geometry,
+        x: &[f32],
+        k: &[f32],
+        bias: Option<&[f32]>,
+        dy: &[f32],
+    ) -> (Vec<f64>, Vec<f64>) {
+        let (ho, wo) = (g.out_h(), g.out_w());
+        let mut y = vec![0.0; g.n * g.co * ho * wo];
+        let mut dx = vec![0.0; x.len()];
+        for (i, out) in y.iter_mut().enumerate() {
+            let (b, o, oh, ow) = (
+                i / (g.co * ho * wo),
+                i / (ho * wo) % g.co,
+                i / wo % ho,
+                i % wo,
+            );
+            let mut sum = bias.map_or(0.0, |v| f64::from(v[o]));
+            for ic in 0..g.c {
+                for a in 0..g.kh {
+                    for e in 0..g.kw {
+                        let ih = (oh + a) as isize - g.ph as isize;
+                        let iw = (ow + e) as isize - g.pw as isize;
+                        if (0..g.h as isize).contains(&ih) && (0..g.w as isize).contains(&iw) {
+                            let xi = ((b * g.c + ic) * g.h + ih as usize) * g.w + iw as usize;
+                            let ki = ((o * g.c + ic) * g.kh + a) * g.kw + e;
+                            sum += f64::from(k[ki]) * f64::from(x[xi]);
+                            dx[xi] += f64::from(dy[i]) * f64::from(k[ki]);
+                        }
+                    }
+                }
+            }
+            *out = if bias.is_some() { sum.max(0.0) } else { sum };
+        }
+        (y, dx)
+    }
+
+    #[test]
+    fn the_direct_kernels_compute_the_convolution_and_its_input_gradient() {
+        if !enabled() {
+            eprintln!("no AVX-512 here: the direct kernels are not used on this CPU");
+            return;
+        }
+        // (n, c, h, w, co, kh, kw, ph, pw): padding per axis, rows wider than a tile (split into
+        // runs) and narrower (several rows per tile), part-filled blocks, a batch smaller than the
+        // core count (blocks spread over the cores) and larger.
+        let cases = [
+            (3, 5, 9, 30, 40, 3, 3, 1, 1),
+            (1, 7, 7, 7, 33, 1, 7, 0, 3),
+            (5, 6, 7, 7, 64, 7, 1, 3, 0),
+            (2, 3, 11, 6, 32, 5, 5, 2, 2),
+            (4, 2, 6, 17, 20, 3, 2, 0, 1),
+            (3, 4, 3, 3, 96, 3, 3, 1, 1),
+            (9, 3, 5, 13, 16, 2, 3, 1, 2),
+        ];
+        for (n, c, h, w, co, kh, kw, ph, pw) in cases {
+            let g = Geometry {
+                n,
+                c,
+                h,
+                w,
+                co,
+                kh,
+                kw,
+                stride: 1,
+                ph,
+                pw,
+                dilation: 1,
+            };
+            assert!(fits(&g));
+            let x = values(n * c * h * w, 1);
+            let k = values(co * c * kh * kw, 2);
+            let bias = values(co, 3);
+            let dy = values(n * co * g.out_h() * g.out_w(), 4);
+            let (want, want_dx) = reference(&g, &x, &k, None, &dy);
+            let (want_relu, _) = reference(&g, &x, &k, Some(&bias), &dy);
+            let close = |got: &[f32], want: &[f64], what: &str| {
+                assert_eq!(got.len(), want.len(), "{g:?}: {what}");
+                for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
+                    assert!(
+                        (f64::from(a) - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                        "{g:?}: {what} at {i}: {a} vs {b}"
+                    );
+                }
+            };
+            close(&forward(&g, &x, &k, None), &want, "output");
+            close(
+                &forward(&g, &x, &k, Some(&bias)),
+                &want_relu,
+                "biased ReLU output",
+            );
+            close(&input_grad(&g, &k, &dy), &want_dx, "input gradient");
+            // The same bits every run.
+            assert_eq!(forward(&g, &x, &k, None), forward(&g, &x, &k, None));
+        }
+    }
+}
