@@ -1262,9 +1262,12 @@ impl CustomOp2 for Grad {
     ) -> Result<(CpuStorage, Shape)> {
         let out = match (s1, s2) {
             (CpuStorage::F32(a), CpuStorage::F32(dy)) => match self {
-                // `a` is the kernel here.
+                // `a` is the kernel for the input gradient, the input for the kernel gradient.
                 Self::Input(g) if direct::takes_input_grad(g) => {
                     CpuStorage::F32(direct::input_grad(g, slice(a, l1)?, slice(dy, l2)?))
+                }
+                Self::Kernel(g) if direct::takes_kernel_grad(g) => {
+                    CpuStorage::F32(direct::kernel_grad(g, slice(a, l1)?, slice(dy, l2)?))
                 }
                 _ => CpuStorage::F32(self.run(slice(a, l1)?, slice(dy, l2)?)),
             },

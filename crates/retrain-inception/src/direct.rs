@@ -6,16 +6,17 @@
 //! value `x[ic][oh + i][ow + j]` is broadcast into its two running sums; the 28 sums stay in
 //! registers for the whole `K` sum. The input is read in place (a zero-padded copy per image when
 //! the convolution pads), so the `K × HoWo` patch matrix of the GEMM path (`conv`), and the GEMM's
-//! own packed copy of it, are never written. For Inception's small planes (1×7, 7×1, 3×3 and 5×5
-//! kernels at 7×7 and 15×15) that matrix and the GEMM's poor blocking for them cost about half of
-//! the time.
+//! own packed copy of it, are never written. On Inception's small planes (1×7, 7×1, 3×3 and 5×5
+//! kernels at 7×7 and 15×15) this ran at 80 % of a core's measured FMA peak where im2col + GEMM ran
+//! at 45–65 %.
 //!
 //! The input gradient of a stride-1 convolution is the same computation: a convolution of the
 //! output gradient, padded by `k − 1 − p`, with the kernel flipped and its two channel axes
-//! swapped.
+//! swapped. The kernel gradient is the same kernel with the roles turned (see [`kernel_grad`]).
 //!
-//! The kernels are chosen at run time: on a CPU without AVX-512 (or with
-//! `RETRAIN_DIRECT_CONV=0`), [`takes_forward`] and [`takes_input_grad`] say no and the GEMM path runs.
+//! The kernels are chosen at run time: on a CPU without AVX-512 (or with `RETRAIN_DIRECT_CONV=0`),
+//! [`takes_forward`], [`takes_input_grad`] and [`takes_kernel_grad`] say no and the GEMM path runs;
+//! they also say no where the GEMM path measured faster.
 
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
@@ -127,6 +128,200 @@ pub(crate) fn input_grad(g: &Geometry, k: &[f32], dy: &[f32]) -> Vec<f32> {
         k[((o * g.c + ic) * kh + kh - 1 - i) * kw + kw - 1 - j]
     });
     run(&t, dy, &panels, None)
+}
+
+/// Whether [`kernel_grad`] takes this convolution: one the kernels compute, with whole blocks of
+/// output channels, output rows 5 to 16 wide and kernel rows at most 14 wide. On larger planes
+/// (the stem's) each core's output-gradient panel outgrows the L2 cache and the GEMM path measured
+/// faster.
+pub(crate) fn takes_kernel_grad(g: &Geometry) -> bool {
+    fits(g)
+        && g.co.is_multiple_of(BLOCK)
+        && (MIN_WIDTH..=MAX_KERNEL_GRAD_WIDTH).contains(&g.out_w())
+        && g.kw <= PIXELS
+}
+
+/// The widest output rows [`takes_kernel_grad`] takes.
+const MAX_KERNEL_GRAD_WIDTH: usize = 16;
+
+/// The kernel gradient, `co × c × kh × kw`: `Σ dy[n][o][oh][ow] · x[n][ic][oh + i − ph][ow + j −
+/// pw]` over images and output pixels. The same kernels with the roles turned: the output
+/// gradient, packed per block of 32 output channels as `pixels × 32`, takes the weights' place,
+/// the pixels the kernel elements', and a tile is up to 14 kernel elements (a row of the kernel,
+/// or a row of several input channels' for a one-row kernel). Each core sums its run of the batch,
+/// in groups of images that fit its L2 cache; the cores' sums are added in order (the same result
+/// every run).
+pub(crate) fn kernel_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    kernel_grad_in_groups(g, x, dy, GROUP_BYTES)
+}
+
+/// [`kernel_grad`] with groups of images of up to `group_bytes` (padded; at least one image).
+fn kernel_grad_in_groups(g: &Geometry, x: &[f32], dy: &[f32], group_bytes: usize) -> Vec<f32> {
+    assert!(
+        takes_kernel_grad(g),
+        "direct convolution: {g:?} is not taken"
+    );
+    let (ho, wo) = (g.out_h(), g.out_w());
+    let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
+    let (in_len, plane, src_len) = (g.c * g.h * g.w, ho * wo, g.c * hp * wp);
+    let (kk, out_len) = (g.c * g.kh * g.kw, g.co * ho * wo);
+    assert_eq!(x.len(), g.n * in_len, "conv2d: input of the wrong length");
+    assert_eq!(
+        dy.len(),
+        g.n * out_len,
+        "conv2d: output gradient of the wrong length"
+    );
+    let tiles = kernel_tiles(g, hp * wp, wp);
+    let threads = rayon::current_num_threads().max(1);
+    let per_part = g.n.div_ceil(threads).max(1);
+    let per_group = (group_bytes / (4 * src_len).max(1)).clamp(1, per_part);
+    assert!(
+        per_group * src_len <= u32::MAX as usize,
+        "conv2d: padded images of {} elements",
+        per_group * src_len
+    );
+    let padded = g.ph > 0 || g.pw > 0;
+    let part = |(xs, dys): (&[f32], &[f32])| {
+        let mut dk = vec![0.0; g.co * kk];
+        f32::with_scratch(|pad, panels| {
+            let groups = xs
+                .chunks(per_group * in_len)
+                .zip(dys.chunks(per_group * out_len));
+            for (first, (xg, dyg)) in groups.enumerate().map(|(i, p)| (i == 0, p)) {
+                let m = xg.len() / in_len;
+                if padded {
+                    pad_images(g, xg, pad);
+                }
+                let (src, stride) = if padded {
+                    (&pad[..], src_len)
+                } else {
+                    (xg, in_len)
+                };
+                let src = &src[..m * stride];
+                // Every pixel of the group: where its top-left input is in `src`.
+                let offsets: Vec<u32> = (0..m)
+                    .flat_map(|i| {
+                        (0..ho).flat_map(move |oh| {
+                            (0..wo).map(move |ow| (i * stride + oh * wp + ow) as u32)
+                        })
+                    })
+                    .collect();
+                let pixels = m * plane;
+                // The group's output gradient as `pixels × 32` panels, one per block.
+                panels.clear();
+                panels.resize(g.co * pixels, 0.0);
+                for (b, panel) in panels.chunks_mut(pixels * BLOCK).enumerate() {
+                    for (i, dyi) in dyg.chunks(out_len).enumerate() {
+                        for r in 0..BLOCK {
+                            let row = &dyi[(b * BLOCK + r) * plane..][..plane];
+                            for (q, &v) in row.iter().enumerate() {
+                                panel[(i * plane + q) * BLOCK + r] = v;
+                            }
+                        }
+                    }
+                }
+                for (b, panel) in panels.chunks(pixels * BLOCK).enumerate() {
+                    let dkb = &mut dk[b * BLOCK * kk..][..BLOCK * kk];
+                    for t in &tiles {
+                        // The farthest read: the last pixel plus the tile's last element.
+                        let last = offsets.last().map_or(0, |&o| o as usize)
+                            + t.x
+                            + (t.rows - 1) * t.x_stride
+                            + t.cols;
+                        assert!(last <= src.len(), "direct convolution: images too short");
+                        assert!(t.k + (t.rows - 1) * t.k_stride + t.cols <= kk);
+                        let dest = Dest {
+                            y: dkb[t.k..].as_mut_ptr(),
+                            wo: t.k_stride,
+                            plane: kk,
+                            rows: BLOCK,
+                            bias: std::ptr::null(),
+                            add: !first,
+                        };
+                        // SAFETY: the kernel reads `panel` (`pixels × BLOCK` = `offsets.len() ×
+                        // BLOCK`), and `src` at `offset + t.x + r·x_stride + c` for r < t.rows,
+                        // c < t.cols (inside, asserted for the largest); it writes (or adds to)
+                        // `dkb` at `o·kk + t.k + r·k_stride + c` for o < BLOCK, inside `dkb`
+                        // (`BLOCK × kk`; the row bound asserted), which is initialised. The
+                        // kernel was picked for this tile's shape and runs only where `fits`
+                        // found AVX-512.
+                        unsafe {
+                            (t.kernel)(
+                                panel.as_ptr(),
+                                &offsets,
+                                src[t.x..].as_ptr(),
+                                t.x_stride,
+                                &dest,
+                            )
+                        };
+                    }
+                }
+            }
+        });
+        dk
+    };
+    let sums: Vec<Vec<f32>> = x
+        .par_chunks(per_part * in_len)
+        .zip(dy.par_chunks(per_part * out_len))
+        .map(part)
+        .collect();
+    // The cores' sums added in order.
+    let mut total = vec![0.0; g.co * kk];
+    total
+        .par_chunks_mut(1 << 12)
+        .enumerate()
+        .for_each(|(i, out)| {
+            for part in &sums {
+                for (t, &v) in out.iter_mut().zip(&part[i << 12..]) {
+                    *t += v;
+                }
+            }
+        });
+    total
+}
+
+/// A tile of kernel elements for [`kernel_grad`]: `rows × cols` elements whose inputs start `x`
+/// into a padded image (rows `x_stride` apart, columns adjacent) and whose gradients start `k`
+/// into a kernel's `c × kh × kw` (rows `k_stride` apart).
+struct KernelTile {
+    x: usize,
+    x_stride: usize,
+    k: usize,
+    k_stride: usize,
+    rows: usize,
+    cols: usize,
+    kernel: Kernel,
+}
+
+/// The tiles of a kernel: for a one-row kernel, the rows of several input channels; else the
+/// rows of each channel's kernel, as many as fit 14 elements.
+fn kernel_tiles(g: &Geometry, image: usize, wp: usize) -> Vec<KernelTile> {
+    let per = (PIXELS / g.kw).max(1);
+    let mut out = Vec::new();
+    let mut add = |x, x_stride, k, k_stride, rows| {
+        out.push(KernelTile {
+            x,
+            x_stride,
+            k,
+            k_stride,
+            rows,
+            cols: g.kw,
+            kernel: kernel(rows, g.kw),
+        })
+    };
+    if g.kh == 1 {
+        for ic in (0..g.c).step_by(per) {
+            add(ic * image, image, ic * g.kw, g.kw, per.min(g.c - ic));
+        }
+    } else {
+        for ic in 0..g.c {
+            for i in (0..g.kh).step_by(per) {
+                let rows = per.min(g.kh - i);
+                add(ic * image + i * wp, wp, (ic * g.kh + i) * g.kw, g.kw, rows);
+            }
+        }
+    }
+    out
 }
 
 /// An `m × kk` matrix (`at(row, e)`) as blocks of `BLOCK` rows, each `kk × BLOCK` (row fastest),
@@ -290,6 +485,7 @@ fn block(
             plane,
             rows,
             bias: bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
+            add: false,
         };
         // SAFETY: the kernel reads `panel` (`offsets.len() × BLOCK`, asserted), and `x` at
         // `offset + r·wp + c` for r < t.rows, c < t.cols, inside `x` (asserted for the largest
@@ -310,13 +506,15 @@ fn block(
 }
 
 /// Where a tile's sums go: output channel `o`, row `r`, column `c` of the tile at
-/// `y + o·plane + r·wo + c`, for `o < rows`; with `bias` (else null), `max(sum + bias[o], 0)`.
+/// `y + o·plane + r·wo + c`, for `o < rows`; with `bias` (else null), `max(sum + bias[o], 0)`;
+/// with `add`, added to what is there (else written over storage that may be uninitialised).
 struct Dest {
     y: *mut f32,
     wo: usize,
     plane: usize,
     rows: usize,
     bias: *const f32,
+    add: bool,
 }
 
 /// A tile kernel: (packed panel, offsets, the tile's first input pixel, input row stride, where).
@@ -414,7 +612,12 @@ unsafe fn tile<const R: usize, const C: usize>(
                         let t = s + *dest.bias.add(o);
                         if t > 0.0 { t } else { 0.0 }
                     };
-                    y.add(o * dest.plane).write(v);
+                    let y = y.add(o * dest.plane);
+                    if dest.add {
+                        *y += v;
+                    } else {
+                        y.write(v);
+                    }
                 }
             }
         }
@@ -518,18 +721,19 @@ mod tests {
             .collect()
     }
 
-    /// The convolution, its input gradient for `dy` and (with `bias`) the biased ReLU, by their
-    /// definitions in f64.
+    /// The convolution (with `bias`, the biased ReLU), its input and kernel gradients for `dy`, by
+    /// their definitions in f64.
     fn reference(
         g: &Geometry,
         x: &[f32],
         k: &[f32],
         bias: Option<&[f32]>,
         dy: &[f32],
-    ) -> (Vec<f64>, Vec<f64>) {
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
         let (ho, wo) = (g.out_h(), g.out_w());
         let mut y = vec![0.0; g.n * g.co * ho * wo];
         let mut dx = vec![0.0; x.len()];
+        let mut dk = vec![0.0; k.len()];
         for (i, out) in y.iter_mut().enumerate() {
             let (b, o, oh, ow) = (
                 i / (g.co * ho * wo),
@@ -548,17 +752,18 @@ mod tests {
                             let ki = ((o * g.c + ic) * g.kh + a) * g.kw + e;
                             sum += f64::from(k[ki]) * f64::from(x[xi]);
                             dx[xi] += f64::from(dy[i]) * f64::from(k[ki]);
+                            dk[ki] += f64::from(dy[i]) * f64::from(x[xi]);
                         }
                     }
                 }
             }
             *out = if bias.is_some() { sum.max(0.0) } else { sum };
         }
-        (y, dx)
+        (y, dx, dk)
     }
 
     #[test]
-    fn the_direct_kernels_compute_the_convolution_and_its_input_gradient() {
+    fn the_direct_kernels_compute_the_convolution_and_its_gradients() {
         if !enabled() {
             eprintln!("no AVX-512 here: the direct kernels are not used on this CPU");
             return;
@@ -574,6 +779,9 @@ mod tests {
             (4, 2, 6, 17, 20, 3, 2, 0, 1),
             (3, 4, 3, 3, 96, 3, 3, 1, 1),
             (9, 3, 5, 13, 16, 2, 3, 1, 2),
+            (6, 3, 8, 9, 32, 1, 3, 0, 1),
+            (7, 2, 9, 6, 64, 3, 1, 1, 0),
+            (5, 4, 9, 8, 32, 3, 3, 0, 0),
         ];
         for (n, c, h, w, co, kh, kw, ph, pw) in cases {
             let g = Geometry {
@@ -594,8 +802,8 @@ mod tests {
             let k = values(co * c * kh * kw, 2);
             let bias = values(co, 3);
             let dy = values(n * co * g.out_h() * g.out_w(), 4);
-            let (want, want_dx) = reference(&g, &x, &k, None, &dy);
-            let (want_relu, _) = reference(&g, &x, &k, Some(&bias), &dy);
+            let (want, want_dx, want_dk) = reference(&g, &x, &k, None, &dy);
+            let (want_relu, ..) = reference(&g, &x, &k, Some(&bias), &dy);
             let close = |got: &[f32], want: &[f64], what: &str| {
                 assert_eq!(got.len(), want.len(), "{g:?}: {what}");
                 for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
@@ -612,8 +820,21 @@ mod tests {
                 "biased ReLU output",
             );
             close(&input_grad(&g, &k, &dy), &want_dx, "input gradient");
+            if takes_kernel_grad(&g) {
+                close(&kernel_grad(&g, &x, &dy), &want_dk, "kernel gradient");
+                assert_eq!(kernel_grad(&g, &x, &dy), kernel_grad(&g, &x, &dy));
+            }
             // The same bits every run.
             assert_eq!(forward(&g, &x, &k, None), forward(&g, &x, &k, None));
+            if takes_kernel_grad(&g) {
+                // One image per group: each core's sum added up over several passes.
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(2)
+                    .build()
+                    .unwrap();
+                let dk = pool.install(|| kernel_grad_in_groups(&g, &x, &dy, 1));
+                close(&dk, &want_dk, "kernel gradient, one image per group");
+            }
         }
     }
 }
