@@ -189,15 +189,11 @@ fn kernel_grad_in_groups(g: &Geometry, x: &[f32], dy: &[f32], group_bytes: usize
                 .zip(dys.chunks(per_group * out_len));
             for (first, (xg, dyg)) in groups.enumerate().map(|(i, p)| (i == 0, p)) {
                 let m = xg.len() / in_len;
-                if padded {
-                    pad_images(g, xg, pad);
-                }
                 let (src, stride) = if padded {
-                    (&pad[..], src_len)
+                    (pad_images(g, xg, pad), src_len)
                 } else {
                     (xg, in_len)
                 };
-                let src = &src[..m * stride];
                 // Every pixel of the group: where its top-left input is in `src`.
                 let offsets: Vec<u32> = (0..m)
                     .flat_map(|i| {
@@ -208,8 +204,7 @@ fn kernel_grad_in_groups(g: &Geometry, x: &[f32], dy: &[f32], group_bytes: usize
                     .collect();
                 let pixels = m * plane;
                 // The group's output gradient as `pixels × 32` panels, one per block.
-                panels.clear();
-                panels.resize(g.co * pixels, 0.0);
+                let panels = grow(panels, g.co * pixels);
                 for (b, panel) in panels.chunks_mut(pixels * BLOCK).enumerate() {
                     for (i, dyi) in dyg.chunks(out_len).enumerate() {
                         for r in 0..BLOCK {
@@ -369,12 +364,6 @@ fn run(g: &Geometry, x: &[f32], panels: &[f32], bias: Option<&[f32]>) -> Vec<f32
         let bias = bias.map(|v| &v[b * BLOCK..][..yb.len() / plane]);
         block(panel, &offsets, (xi, wp), tiles, (yb, wo, plane), bias);
     };
-    // The images as the kernels read them: `xg` itself, or padded into `pad`.
-    let source = |xg: &'_ [f32], pad: &mut Vec<f32>| {
-        if padded {
-            pad_images(g, xg, pad);
-        }
-    };
     let threads = rayon::current_num_threads().max(1);
     if g.n < threads {
         // Too few images to go round: one at a time, its blocks of channels over the cores.
@@ -383,8 +372,11 @@ fn run(g: &Geometry, x: &[f32], panels: &[f32], bias: Option<&[f32]>) -> Vec<f32
             filled(g.n * out_len, |y| {
                 let mut pad = Vec::new();
                 for (xi, yi) in x.chunks(in_len).zip(y.chunks_mut(out_len)) {
-                    source(xi, &mut pad);
-                    let xi = if padded { &pad[..] } else { xi };
+                    let xi = if padded {
+                        pad_images(g, xi, &mut pad)
+                    } else {
+                        xi
+                    };
                     yi.par_chunks_mut(BLOCK * plane)
                         .enumerate()
                         .for_each(|(b, yb)| one(b, xi, yb, &tiles));
@@ -409,9 +401,8 @@ fn run(g: &Geometry, x: &[f32], panels: &[f32], bias: Option<&[f32]>) -> Vec<f32
                 .chunks(per_group * in_len)
                 .zip(ys.chunks_mut(per_group * out_len))
             {
-                source(xg, pad);
                 let (src, stride) = if padded {
-                    (&pad[..], src_len)
+                    (pad_images(g, xg, pad), src_len)
                 } else {
                     (xg, in_len)
                 };
@@ -442,16 +433,33 @@ fn run(g: &Geometry, x: &[f32], panels: &[f32], bias: Option<&[f32]>) -> Vec<f32
 /// L2 cache, the other half left to the block's packed kernel.
 const GROUP_BYTES: usize = 1 << 20;
 
-/// Images `x` (each `c × h × w`) zero-padded into `pad` (each `c × hp × wp`).
-fn pad_images(g: &Geometry, x: &[f32], pad: &mut Vec<f32>) {
+/// Images `x` (each `c × h × w`) zero-padded (each `c × hp × wp`) into the start of `pad`: every
+/// element of the part returned is written.
+fn pad_images<'a>(g: &Geometry, x: &[f32], pad: &'a mut Vec<f32>) -> &'a [f32] {
     let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
-    pad.clear();
-    pad.resize(x.len() / (g.h * g.w) * hp * wp, 0.0);
-    for (src, dst) in x.chunks(g.h * g.w).zip(pad.chunks_mut(hp * wp)) {
-        for (row, out) in src.chunks(g.w).zip(dst[g.ph * wp..].chunks_mut(wp)) {
+    let out = grow(pad, x.len() / (g.h * g.w) * hp * wp);
+    for (src, dst) in x.chunks(g.h * g.w).zip(out.chunks_mut(hp * wp)) {
+        let (top, rest) = dst.split_at_mut(g.ph * wp);
+        let (rows, bottom) = rest.split_at_mut(g.h * wp);
+        top.fill(0.0);
+        bottom.fill(0.0);
+        for (row, out) in src.chunks(g.w).zip(rows.chunks_mut(wp)) {
+            out[..g.pw].fill(0.0);
             out[g.pw..g.pw + g.w].copy_from_slice(row);
+            out[g.pw + g.w..].fill(0.0);
         }
     }
+    out
+}
+
+/// The first `len` elements of `v`, grown if it is shorter but never shrunk: the thread's scratch
+/// keeps its size for the GEMM path's patch matrices, which would otherwise be zero-filled afresh
+/// after every direct convolution.
+fn grow(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    &mut v[..len]
 }
 
 /// One block of output channels of one image: `yb` holds its `rows × plane` outputs (`rows ≤
