@@ -53,29 +53,25 @@ fn avx512() -> bool {
     false
 }
 
-/// Whether the kernels can compute this convolution: stride 1, a kernel larger than 1×1, padding
-/// smaller than the kernel, on a CPU with the kernels.
+/// Whether the kernels can compute this convolution: stride 1, padding smaller than the kernel, on
+/// a CPU with the kernels.
 fn fits(g: &Geometry) -> bool {
-    g.stride == 1
-        && g.dilation == 1
-        && (g.kh > 1 || g.kw > 1)
-        && g.ph < g.kh
-        && g.pw < g.kw
-        && enabled()
+    g.stride == 1 && g.dilation == 1 && g.ph < g.kh && g.pw < g.kw && enabled()
 }
 
 /// Whether [`forward`] takes this convolution: one the kernels compute, whose output channels
 /// fill whole blocks and whose output rows are at least 5 wide. Where they measured slower than
 /// the GEMM path it keeps its work: a 3×3 plane's tiles have 9 pixels (and a block's weights are
-/// read from memory again for every image), and a part-filled block wastes its multiplications.
+/// read from memory again for every image), a part-filled block wastes its multiplications, and a
+/// 1×1 convolution, a plain GEMM with no patch matrix, measured no faster.
 pub(crate) fn takes_forward(g: &Geometry) -> bool {
-    fits(g) && g.co.is_multiple_of(BLOCK) && g.out_w() >= MIN_WIDTH
+    fits(g) && (g.kh > 1 || g.kw > 1) && g.co.is_multiple_of(BLOCK) && g.out_w() >= MIN_WIDTH
 }
 
 /// Whether [`input_grad`] takes this convolution: as [`takes_forward`], with the input's channels
 /// and width in place of the output's (the input gradient's outputs).
 pub(crate) fn takes_input_grad(g: &Geometry) -> bool {
-    fits(g) && g.c.is_multiple_of(BLOCK) && g.w >= MIN_WIDTH
+    fits(g) && (g.kh > 1 || g.kw > 1) && g.c.is_multiple_of(BLOCK) && g.w >= MIN_WIDTH
 }
 
 /// The narrowest output rows [`takes_forward`] and [`takes_input_grad`] take.
@@ -136,6 +132,7 @@ pub(crate) fn input_grad(g: &Geometry, k: &[f32], dy: &[f32]) -> Vec<f32> {
 /// faster.
 pub(crate) fn takes_kernel_grad(g: &Geometry) -> bool {
     fits(g)
+        && (g.kh > 1 || g.kw > 1)
         && g.co.is_multiple_of(BLOCK)
         && (MIN_WIDTH..=MAX_KERNEL_GRAD_WIDTH).contains(&g.out_w())
         && g.kw <= PIXELS
@@ -158,8 +155,8 @@ pub(crate) fn kernel_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
 /// [`kernel_grad`] with groups of images of up to `group_bytes` (padded; at least one image).
 fn kernel_grad_in_groups(g: &Geometry, x: &[f32], dy: &[f32], group_bytes: usize) -> Vec<f32> {
     assert!(
-        takes_kernel_grad(g),
-        "direct convolution: {g:?} is not taken"
+        fits(g) && g.co.is_multiple_of(BLOCK) && g.kw <= PIXELS,
+        "direct convolution: no kernel gradient for {g:?}"
     );
     let (ho, wo) = (g.out_h(), g.out_w());
     let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
@@ -790,6 +787,7 @@ mod tests {
             (6, 3, 8, 9, 32, 1, 3, 0, 1),
             (7, 2, 9, 6, 64, 3, 1, 1, 0),
             (5, 4, 9, 8, 32, 3, 3, 0, 0),
+            (3, 64, 7, 7, 32, 1, 1, 0, 0),
         ];
         for (n, c, h, w, co, kh, kw, ph, pw) in cases {
             let g = Geometry {
