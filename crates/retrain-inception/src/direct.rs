@@ -1,4 +1,4 @@
-//! Direct convolution on the CPU for stride-1 k×k kernels (f32, AVX-512): no patch matrix.
+//! Direct convolution on the CPU for k×k kernels with stride 1 or 2 (f32, AVX-512): no patch matrix.
 //!
 //! Output channels go in blocks of 32 (two 16-lane vectors) over tiles of up to 14 output pixels
 //! (a run of one output row, or a few whole short rows): for each kernel element `(ic, i, j)` the
@@ -10,9 +10,11 @@
 //! kernels at 7×7 and 15×15) this ran at 80 % of a core's measured FMA peak where im2col + GEMM ran
 //! at 45–65 %.
 //!
-//! The input gradient of a stride-1 convolution is the same computation: a convolution of the
-//! output gradient, padded by `k − 1 − p`, with the kernel flipped and its two channel axes
-//! swapped. The kernel gradient is the same kernel with the roles turned (see [`kernel_grad`]).
+//! With stride 2 a tile's pixels read every other input column (a kernel per stride). The input
+//! gradient of a stride-1 convolution is the same computation: a convolution of the output
+//! gradient, padded by `k − 1 − p`, with the kernel flipped and its two channel axes swapped (with
+//! stride 2 it stays on the GEMM path). The kernel gradient is the same kernel with the roles
+//! turned (see [`kernel_grad`]).
 //!
 //! The kernels are chosen at run time: on a CPU without AVX-512 (or with `RETRAIN_DIRECT_CONV=0`),
 //! [`takes_forward`], [`takes_input_grad`] and [`takes_kernel_grad`] say no and the GEMM path runs;
@@ -53,25 +55,36 @@ fn avx512() -> bool {
     false
 }
 
-/// Whether the kernels can compute this convolution: stride 1, padding smaller than the kernel, on
-/// a CPU with the kernels.
+/// Whether the kernels can compute this convolution: stride 1 or 2, padding smaller than the
+/// kernel, on a CPU with the kernels.
 fn fits(g: &Geometry) -> bool {
-    g.stride == 1 && g.dilation == 1 && g.ph < g.kh && g.pw < g.kw && enabled()
+    (1..=2).contains(&g.stride) && g.dilation == 1 && g.ph < g.kh && g.pw < g.kw && enabled()
 }
 
-/// Whether [`forward`] takes this convolution: one the kernels compute, whose output channels
-/// fill whole blocks and whose output rows are at least 5 wide. Where they measured slower than
-/// the GEMM path it keeps its work: a 3×3 plane's tiles have 9 pixels (and a block's weights are
-/// read from memory again for every image), a part-filled block wastes its multiplications, and a
-/// 1×1 convolution, a plain GEMM with no patch matrix, measured no faster.
+/// Whether [`forward`] takes this convolution: one the kernels compute, larger than 1×1, whose
+/// output channels come in whole vectors of 16 (blocks of 32 with stride 2) and whose output rows
+/// are at least 5 wide. Where they measured slower than the GEMM path it keeps its work: a 3×3
+/// plane's tiles have 9 pixels (and a block's weights are read from memory again for every
+/// image), and a 1×1 convolution, a plain GEMM with no patch matrix, measured no faster. A last
+/// block of 16 channels (48 or 80 of them) runs a one-vector kernel.
 pub(crate) fn takes_forward(g: &Geometry) -> bool {
-    fits(g) && (g.kh > 1 || g.kw > 1) && g.co.is_multiple_of(BLOCK) && g.out_w() >= MIN_WIDTH
+    fits(g)
+        && (g.kh > 1 || g.kw > 1)
+        && g.co
+            .is_multiple_of(if g.stride == 1 { LANES } else { BLOCK })
+        && g.out_w() >= MIN_WIDTH
 }
 
 /// Whether [`input_grad`] takes this convolution: as [`takes_forward`], with the input's channels
-/// and width in place of the output's (the input gradient's outputs).
+/// and width in place of the output's (the input gradient's outputs), for stride 1 only (with a
+/// stride the gradient is no plain convolution), and a part-filled last block only on small planes
+/// (rows up to 16 wide: 80 channels at 33×33 measured slower than the GEMM path).
 pub(crate) fn takes_input_grad(g: &Geometry) -> bool {
-    fits(g) && (g.kh > 1 || g.kw > 1) && g.c.is_multiple_of(BLOCK) && g.w >= MIN_WIDTH
+    fits(g)
+        && g.stride == 1
+        && (g.kh > 1 || g.kw > 1)
+        && (g.c.is_multiple_of(BLOCK) || (g.c.is_multiple_of(LANES) && g.w <= SMALL_PLANE))
+        && g.w >= MIN_WIDTH
 }
 
 /// The narrowest output rows [`takes_forward`] and [`takes_input_grad`] take.
@@ -96,7 +109,7 @@ pub(crate) fn forward(g: &Geometry, x: &[f32], k: &[f32], bias: Option<&[f32]>) 
 /// convolved with `W'[ic][co][i][j] = W[co][ic][kh − 1 − i][kw − 1 − j]`.
 pub(crate) fn input_grad(g: &Geometry, k: &[f32], dy: &[f32]) -> Vec<f32> {
     assert!(
-        fits(g),
+        fits(g) && g.stride == 1,
         "direct convolution: {g:?} is not one the kernels compute"
     );
     let t = Geometry {
@@ -118,11 +131,7 @@ pub(crate) fn input_grad(g: &Geometry, k: &[f32], dy: &[f32]) -> Vec<f32> {
         g.co * g.c * kh * kw,
         "conv2d: kernel of the wrong length"
     );
-    let panels = pack(g.c, g.co * kh * kw, |ic, e| {
-        let (o, ij) = (e / (kh * kw), e % (kh * kw));
-        let (i, j) = (ij / kw, ij % kw);
-        k[((o * g.c + ic) * kh + kh - 1 - i) * kw + kw - 1 - j]
-    });
+    let panels = pack_flipped(k, g.co, g.c, kh * kw);
     run(&t, dy, &panels, None)
 }
 
@@ -134,12 +143,13 @@ pub(crate) fn takes_kernel_grad(g: &Geometry) -> bool {
     fits(g)
         && (g.kh > 1 || g.kw > 1)
         && g.co.is_multiple_of(BLOCK)
-        && (MIN_WIDTH..=MAX_KERNEL_GRAD_WIDTH).contains(&g.out_w())
+        && (MIN_WIDTH..=SMALL_PLANE).contains(&g.out_w())
         && g.kw <= PIXELS
 }
 
-/// The widest output rows [`takes_kernel_grad`] takes.
-const MAX_KERNEL_GRAD_WIDTH: usize = 16;
+/// The widest rows of a small plane: the widest output rows [`takes_kernel_grad`] takes, and the
+/// widest input rows [`takes_input_grad`] takes with a part-filled block.
+const SMALL_PLANE: usize = 16;
 
 /// The kernel gradient, `co × c × kh × kw`: `Σ dy[n][o][oh][ow] · x[n][ic][oh + i − ph][ow + j −
 /// pw]` over images and output pixels. The same kernels with the roles turned: the output
@@ -177,7 +187,7 @@ fn kernel_grad_in_groups(g: &Geometry, x: &[f32], dy: &[f32], group_bytes: usize
         "conv2d: padded images of {} elements",
         per_group * src_len
     );
-    let padded = g.ph > 0 || g.pw > 0;
+    let (padded, s) = (g.ph > 0 || g.pw > 0, g.stride);
     let part = |(xs, dys): (&[f32], &[f32])| {
         let mut dk = vec![0.0; g.co * kk];
         f32::with_scratch(|pad, panels| {
@@ -195,7 +205,7 @@ fn kernel_grad_in_groups(g: &Geometry, x: &[f32], dy: &[f32], group_bytes: usize
                 let offsets: Vec<u32> = (0..m)
                     .flat_map(|i| {
                         (0..ho).flat_map(move |oh| {
-                            (0..wo).map(move |ow| (i * stride + oh * wp + ow) as u32)
+                            (0..wo).map(move |ow| (i * stride + (oh * wp + ow) * s) as u32)
                         })
                     })
                     .collect();
@@ -298,7 +308,7 @@ fn kernel_tiles(g: &Geometry, image: usize, wp: usize) -> Vec<KernelTile> {
             k_stride,
             rows,
             cols: g.kw,
-            kernel: kernel(rows, g.kw),
+            kernel: kernel(rows, g.kw, 1),
         })
     };
     if g.kh == 1 {
@@ -314,6 +324,29 @@ fn kernel_tiles(g: &Geometry, image: usize, wp: usize) -> Vec<KernelTile> {
         }
     }
     out
+}
+
+/// The packed kernel of [`input_grad`]: row `ic`, element `(o, i, j)` is `W[o][ic][kh − 1 −
+/// i][kw − 1 − j]`, for a kernel `W` of `co × c × kh·kw` (`khkw` elements per channel pair): each
+/// pair's elements reversed.
+fn pack_flipped(k: &[f32], co: usize, c: usize, khkw: usize) -> Vec<f32> {
+    let kk = co * khkw;
+    let mut panels = vec![0.0; c.div_ceil(BLOCK) * kk * BLOCK];
+    panels
+        .par_chunks_mut(kk * BLOCK)
+        .enumerate()
+        .for_each(|(b, panel)| {
+            for r in 0..BLOCK.min(c - b * BLOCK) {
+                let ic = b * BLOCK + r;
+                for o in 0..co {
+                    let src = &k[(o * c + ic) * khkw..][..khkw];
+                    for (t, &v) in src.iter().rev().enumerate() {
+                        panel[(o * khkw + t) * BLOCK + r] = v;
+                    }
+                }
+            }
+        });
+    panels
 }
 
 /// An `m × kk` matrix (`at(row, e)`) as blocks of `BLOCK` rows, each `kk × BLOCK` (row fastest),
@@ -333,7 +366,7 @@ fn pack(m: usize, kk: usize, at: impl Fn(usize, usize) -> f32 + Sync) -> Vec<f32
     panels
 }
 
-/// The convolution of `x` (`n × c × h × w`) with packed kernel `panels`, stride 1.
+/// The convolution of `x` (`n × c × h × w`) with packed kernel `panels`.
 fn run(g: &Geometry, x: &[f32], panels: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let (ho, wo) = (g.out_h(), g.out_w());
     let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
@@ -352,14 +385,21 @@ fn run(g: &Geometry, x: &[f32], panels: &[f32], bias: Option<&[f32]>) -> Vec<f32
             (0..g.kh).flat_map(move |i| (0..g.kw).map(move |j| (ic * hp * wp + i * wp + j) as u32))
         })
         .collect();
-    let tiles = tiles(ho, wo);
+    let tiles = tiles(ho, wo, g.stride);
     let padded = g.ph > 0 || g.pw > 0;
     let src_len = g.c * hp * wp;
     let blocks = g.co.div_ceil(BLOCK);
     let one = |b: usize, xi: &[f32], yb: &mut [MaybeUninit<f32>], tiles: &[Tile]| {
         let panel = &panels[b * kk * BLOCK..][..kk * BLOCK];
         let bias = bias.map(|v| &v[b * BLOCK..][..yb.len() / plane]);
-        block(panel, &offsets, (xi, wp), tiles, (yb, wo, plane), bias);
+        block(
+            panel,
+            &offsets,
+            (xi, wp, g.stride),
+            tiles,
+            (yb, wo, plane),
+            bias,
+        );
     };
     let threads = rayon::current_num_threads().max(1);
     if g.n < threads {
@@ -465,7 +505,7 @@ fn grow(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
 fn block(
     panel: &[f32],
     offsets: &[u32],
-    (x, wp): (&[f32], usize),
+    (x, wp, s): (&[f32], usize, usize),
     tiles: &[Tile],
     (yb, wo, plane): (&mut [MaybeUninit<f32>], usize, usize),
     bias: Option<&[f32]>,
@@ -477,12 +517,12 @@ fn block(
         assert_eq!(bias.len(), rows);
     }
     for t in tiles {
-        // The farthest read: the last offset plus the tile's last pixel.
-        let last = offsets.last().map_or(0, |&o| o as usize) + (t.oh + t.rows - 1) * wp + t.ow;
-        assert!(
-            last + t.cols <= x.len(),
-            "direct convolution: image too short"
-        );
+        // The farthest read: the last offset plus the tile's last pixel's top-left input.
+        let first = (t.oh * wp + t.ow) * s;
+        let last = offsets.last().map_or(0, |&o| o as usize)
+            + first
+            + ((t.rows - 1) * wp + t.cols - 1) * s;
+        assert!(last < x.len(), "direct convolution: image too short");
         assert!((t.oh + t.rows - 1) * wo + t.ow + t.cols <= plane);
         let dest = Dest {
             y: yb[t.oh * wo + t.ow..].as_mut_ptr().cast(),
@@ -493,20 +533,13 @@ fn block(
             add: false,
         };
         // SAFETY: the kernel reads `panel` (`offsets.len() × BLOCK`, asserted), and `x` at
-        // `offset + r·wp + c` for r < t.rows, c < t.cols, inside `x` (asserted for the largest
-        // offset); it writes `yb` at `o·plane + r·wo + c` from the tile's first pixel for
+        // `first + offset + (r·wp + c)·s` for r < t.rows, c < t.cols, inside `x` (asserted for
+        // the largest); it writes `yb` at `o·plane + r·wo + c` from the tile's first pixel for
         // o < rows, inside `yb` (the plane bound asserted); `bias` has `rows` values when not
         // null. The kernel was picked for this tile's shape and runs only where `fits` found
         // AVX-512.
-        unsafe {
-            (t.kernel)(
-                panel.as_ptr(),
-                offsets,
-                x[t.oh * wp + t.ow..].as_ptr(),
-                wp,
-                &dest,
-            )
-        };
+        let kernel = if rows <= LANES { t.half } else { t.kernel };
+        unsafe { kernel(panel.as_ptr(), offsets, x[first..].as_ptr(), wp * s, &dest) };
     }
 }
 
@@ -532,11 +565,13 @@ struct Tile {
     rows: usize,
     cols: usize,
     kernel: Kernel,
+    /// The kernel for a block of at most 16 channels (the last, part-filled one).
+    half: Kernel,
 }
 
 /// The tiles of an `ho × wo` output plane: runs of 7 to 14 pixels of each row when rows are at
 /// least 14 wide, else as many whole rows as fit 14 pixels.
-fn tiles(ho: usize, wo: usize) -> Vec<Tile> {
+fn tiles(ho: usize, wo: usize, stride: usize) -> Vec<Tile> {
     let mut out = Vec::new();
     let mut add = |oh, ow, rows, cols| {
         out.push(Tile {
@@ -544,7 +579,8 @@ fn tiles(ho: usize, wo: usize) -> Vec<Tile> {
             ow,
             rows,
             cols,
-            kernel: kernel(rows, cols),
+            kernel: kernel(rows, cols, stride),
+            half: half_kernel(rows, cols, stride),
         })
     };
     if wo >= PIXELS {
@@ -566,15 +602,17 @@ fn tiles(ho: usize, wo: usize) -> Vec<Tile> {
     out
 }
 
-/// The sums of one tile, `R × C` pixels by `BLOCK` output channels, over all `offsets`.
+/// The sums of one tile, `R × C` pixels by `V` vectors of output channels (`V ≤ 2`: the first
+/// `16·V` of the block), over all `offsets`; the tile's pixels' inputs are `S` apart along a row
+/// (the stride) and `wp` apart between rows.
 ///
 /// # Safety
 ///
-/// The CPU has AVX-512F. `a` points to `offsets.len() × BLOCK` values; `x + off + r·wp + c` is
-/// readable for every offset, `r < R`, `c < C`; `dest` names writable outputs (see [`Dest`]).
+/// The CPU has AVX-512F. `a` points to `offsets.len() × BLOCK` values; `x + off + r·wp + c·S`
+/// is readable for every offset, `r < R`, `c < C`; `dest` names writable outputs (see [`Dest`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile<const R: usize, const C: usize>(
+unsafe fn tile<const R: usize, const C: usize, const S: usize, const V: usize>(
     a: *const f32,
     offsets: &[u32],
     x: *const f32,
@@ -585,26 +623,28 @@ unsafe fn tile<const R: usize, const C: usize>(
     use std::arch::x86_64::{_mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps};
     // SAFETY: the caller vouches for every pointer read and written here (see above).
     unsafe {
-        let mut acc = [[[_mm512_setzero_ps(); 2]; C]; R];
+        let mut acc = [[[_mm512_setzero_ps(); V]; C]; R];
         let mut a = a;
         for &off in offsets {
-            let (a0, a1) = (_mm512_loadu_ps(a), _mm512_loadu_ps(a.add(LANES)));
+            let w: [_; V] = std::array::from_fn(|v| _mm512_loadu_ps(a.add(v * LANES)));
             a = a.add(BLOCK);
             let p = x.add(off as usize);
             for (r, acc) in acc.iter_mut().enumerate() {
                 let pr = p.add(r * wp);
                 for (c, acc) in acc.iter_mut().enumerate() {
-                    let b = _mm512_set1_ps(*pr.add(c));
-                    acc[0] = _mm512_fmadd_ps(a0, b, acc[0]);
-                    acc[1] = _mm512_fmadd_ps(a1, b, acc[1]);
+                    let b = _mm512_set1_ps(*pr.add(c * S));
+                    for (acc, &w) in acc.iter_mut().zip(&w) {
+                        *acc = _mm512_fmadd_ps(w, b, *acc);
+                    }
                 }
             }
         }
         let mut sums = [[[0f32; BLOCK]; C]; R];
         for (acc, sums) in acc.iter().zip(&mut sums) {
             for (acc, sums) in acc.iter().zip(sums) {
-                _mm512_storeu_ps(sums.as_mut_ptr(), acc[0]);
-                _mm512_storeu_ps(sums.as_mut_ptr().add(LANES), acc[1]);
+                for (v, &acc) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(sums.as_mut_ptr().add(v * LANES), acc);
+                }
             }
         }
         for (r, sums) in sums.iter().enumerate() {
@@ -631,7 +671,7 @@ unsafe fn tile<const R: usize, const C: usize>(
 
 /// Never called: [`fits`] is false off x86-64.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile<const R: usize, const C: usize>(
+unsafe fn tile<const R: usize, const C: usize, const S: usize, const V: usize>(
     _: *const f32,
     _: &[u32],
     _: *const f32,
@@ -641,13 +681,23 @@ unsafe fn tile<const R: usize, const C: usize>(
     unreachable!("direct convolution kernels exist on x86-64 only")
 }
 
-/// The kernel for `rows × cols` tiles: every shape [`tiles`] makes (`rows · cols ≤ 14`).
+/// The kernel for `rows × cols` tiles with stride 1 or 2: every shape [`tiles`] makes (`rows ·
+/// cols ≤ 14`); with [`half_kernel`], the one for a block of at most 16 channels (stride 1; the
+/// full kernel with stride 2, whose part-filled blocks none of Inception's convolutions have).
 macro_rules! kernels {
     ($(($r:literal, $c:literal)),* $(,)?) => {
-        fn kernel(rows: usize, cols: usize) -> Kernel {
-            match (rows, cols) {
-                $(($r, $c) => tile::<$r, $c>,)*
-                _ => unreachable!("no {rows}×{cols} tile kernel"),
+        fn kernel(rows: usize, cols: usize, stride: usize) -> Kernel {
+            match (rows, cols, stride) {
+                $(($r, $c, 1) => tile::<$r, $c, 1, 2>,)*
+                $(($r, $c, 2) => tile::<$r, $c, 2, 2>,)*
+                _ => unreachable!("no {rows}×{cols} tile kernel with stride {stride}"),
+            }
+        }
+
+        fn half_kernel(rows: usize, cols: usize, stride: usize) -> Kernel {
+            match (rows, cols, stride) {
+                $(($r, $c, 1) => tile::<$r, $c, 1, 1>,)*
+                _ => kernel(rows, cols, stride),
             }
         }
     };
@@ -706,7 +756,7 @@ mod tests {
         for ho in 0..20 {
             for wo in 0..40 {
                 let mut seen = vec![0u8; ho * wo];
-                for t in tiles(ho, wo) {
+                for t in tiles(ho, wo, 1 + (ho + wo) % 2) {
                     assert!(t.rows * t.cols <= PIXELS && t.rows >= 1 && t.cols >= 1);
                     for r in 0..t.rows {
                         for c in 0..t.cols {
@@ -750,8 +800,8 @@ mod tests {
             for ic in 0..g.c {
                 for a in 0..g.kh {
                     for e in 0..g.kw {
-                        let ih = (oh + a) as isize - g.ph as isize;
-                        let iw = (ow + e) as isize - g.pw as isize;
+                        let ih = (oh * g.stride + a) as isize - g.ph as isize;
+                        let iw = (ow * g.stride + e) as isize - g.pw as isize;
                         if (0..g.h as isize).contains(&ih) && (0..g.w as isize).contains(&iw) {
                             let xi = ((b * g.c + ic) * g.h + ih as usize) * g.w + iw as usize;
                             let ki = ((o * g.c + ic) * g.kh + a) * g.kw + e;
@@ -773,23 +823,26 @@ mod tests {
             eprintln!("no AVX-512 here: the direct kernels are not used on this CPU");
             return;
         }
-        // (n, c, h, w, co, kh, kw, ph, pw): padding per axis, rows wider than a tile (split into
-        // runs) and narrower (several rows per tile), part-filled blocks, a batch smaller than the
-        // core count (blocks spread over the cores) and larger.
+        // (n, c, h, w, co, kh, kw, ph, pw, stride): padding per axis, rows wider than a tile
+        // (split into runs) and narrower (several rows per tile), part-filled blocks, a batch
+        // smaller than the core count (blocks spread over the cores) and larger, stride 2.
         let cases = [
-            (3, 5, 9, 30, 40, 3, 3, 1, 1),
-            (1, 7, 7, 7, 33, 1, 7, 0, 3),
-            (5, 6, 7, 7, 64, 7, 1, 3, 0),
-            (2, 3, 11, 6, 32, 5, 5, 2, 2),
-            (4, 2, 6, 17, 20, 3, 2, 0, 1),
-            (3, 4, 3, 3, 96, 3, 3, 1, 1),
-            (9, 3, 5, 13, 16, 2, 3, 1, 2),
-            (6, 3, 8, 9, 32, 1, 3, 0, 1),
-            (7, 2, 9, 6, 64, 3, 1, 1, 0),
-            (5, 4, 9, 8, 32, 3, 3, 0, 0),
-            (3, 64, 7, 7, 32, 1, 1, 0, 0),
+            (3, 5, 9, 30, 40, 3, 3, 1, 1, 1),
+            (1, 7, 7, 7, 33, 1, 7, 0, 3, 1),
+            (5, 6, 7, 7, 64, 7, 1, 3, 0, 1),
+            (2, 3, 11, 6, 32, 5, 5, 2, 2, 1),
+            (4, 2, 6, 17, 20, 3, 2, 0, 1, 1),
+            (3, 4, 3, 3, 96, 3, 3, 1, 1, 1),
+            (9, 3, 5, 13, 16, 2, 3, 1, 2, 1),
+            (6, 3, 8, 9, 32, 1, 3, 0, 1, 1),
+            (7, 2, 9, 6, 64, 3, 1, 1, 0, 1),
+            (5, 4, 9, 8, 32, 3, 3, 0, 0, 1),
+            (3, 64, 7, 7, 32, 1, 1, 0, 0, 1),
+            (3, 5, 15, 31, 32, 3, 3, 0, 0, 2),
+            (4, 6, 15, 15, 64, 3, 3, 1, 1, 2),
+            (1, 3, 9, 13, 40, 2, 3, 0, 1, 2),
         ];
-        for (n, c, h, w, co, kh, kw, ph, pw) in cases {
+        for (n, c, h, w, co, kh, kw, ph, pw, stride) in cases {
             let g = Geometry {
                 n,
                 c,
@@ -798,7 +851,7 @@ mod tests {
                 co,
                 kh,
                 kw,
-                stride: 1,
+                stride,
                 ph,
                 pw,
                 dilation: 1,
@@ -825,20 +878,24 @@ mod tests {
                 &want_relu,
                 "biased ReLU output",
             );
-            close(&input_grad(&g, &k, &dy), &want_dx, "input gradient");
-            if takes_kernel_grad(&g) {
-                close(&kernel_grad(&g, &x, &dy), &want_dk, "kernel gradient");
-                assert_eq!(kernel_grad(&g, &x, &dy), kernel_grad(&g, &x, &dy));
+            if stride == 1 {
+                close(&input_grad(&g, &k, &dy), &want_dx, "input gradient");
+            }
+            let kernel_grad = |group_bytes| kernel_grad_in_groups(&g, &x, &dy, group_bytes);
+            let has_kernel_grad = co.is_multiple_of(BLOCK) && kw <= PIXELS;
+            if has_kernel_grad {
+                close(&kernel_grad(GROUP_BYTES), &want_dk, "kernel gradient");
+                assert_eq!(kernel_grad(GROUP_BYTES), kernel_grad(GROUP_BYTES));
             }
             // The same bits every run.
             assert_eq!(forward(&g, &x, &k, None), forward(&g, &x, &k, None));
-            if takes_kernel_grad(&g) {
+            if has_kernel_grad {
                 // One image per group: each core's sum added up over several passes.
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(2)
                     .build()
                     .unwrap();
-                let dk = pool.install(|| kernel_grad_in_groups(&g, &x, &dy, 1));
+                let dk = pool.install(|| kernel_grad(1));
                 close(&dk, &want_dk, "kernel gradient, one image per group");
             }
         }
