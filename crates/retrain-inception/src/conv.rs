@@ -14,9 +14,9 @@
 //! candle's matmul), with its AVX-512 kernels where the CPU has them (chosen at run time).
 //!
 //! [`conv2d`] and [`conv2d_bias_relu`] are candle ops with these kernels on the CPU (f32, f64) and
-//! candle's own `conv2d` elsewhere, so the model code is the same on every device. Stride-1 k×k
-//! convolutions in f32 on a CPU with AVX-512 go to the direct kernels of [`crate::direct`] instead
-//! where those measured faster (no patch matrix at all).
+//! candle's own `conv2d` elsewhere, so the model code is the same on every device. k×k
+//! convolutions with stride 1 or 2 in f32 on a CPU with AVX-512 go to the direct kernels of
+//! [`crate::direct`] instead where those measured faster (no patch matrix at all).
 
 use candle_core::{
     CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, bail,

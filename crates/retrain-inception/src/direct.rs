@@ -63,8 +63,8 @@ fn fits(g: &Geometry) -> bool {
 
 /// Whether [`forward`] takes this convolution: one the kernels compute, larger than 1×1, whose
 /// output channels come in whole vectors of 16 (blocks of 32 with stride 2) and whose output rows
-/// are at least 5 wide. Where they measured slower than the GEMM path it keeps its work: a 3×3
-/// plane's tiles have 9 pixels (and a block's weights are read from memory again for every
+/// have a [`measured_width`]. Where they measured slower than the GEMM path it keeps its work: a
+/// 3×3 plane's tiles have 9 pixels (and a block's weights are read from memory again for every
 /// image), and a 1×1 convolution, a plain GEMM with no patch matrix, measured no faster. A last
 /// block of 16 channels (48 or 80 of them) runs a one-vector kernel.
 pub(crate) fn takes_forward(g: &Geometry) -> bool {
@@ -72,23 +72,29 @@ pub(crate) fn takes_forward(g: &Geometry) -> bool {
         && (g.kh > 1 || g.kw > 1)
         && g.co
             .is_multiple_of(if g.stride == 1 { LANES } else { BLOCK })
-        && g.out_w() >= MIN_WIDTH
+        && measured_width(g.out_w())
 }
 
 /// Whether [`input_grad`] takes this convolution: as [`takes_forward`], with the input's channels
 /// and width in place of the output's (the input gradient's outputs), for stride 1 only (with a
-/// stride the gradient is no plain convolution), and a part-filled last block only on small planes
-/// (rows up to 16 wide: 80 channels at 33×33 measured slower than the GEMM path).
+/// stride the gradient is no plain convolution); on planes wider than [`SMALL_PLANE`], only with
+/// whole blocks and sums of at most 576 terms (the stem's 288 and 576 measured faster; 80 channels
+/// at 33×33 and 864 terms at 35×35 slower than the GEMM path).
 pub(crate) fn takes_input_grad(g: &Geometry) -> bool {
+    let small = g.w <= SMALL_PLANE;
     fits(g)
         && g.stride == 1
         && (g.kh > 1 || g.kw > 1)
-        && (g.c.is_multiple_of(BLOCK) || (g.c.is_multiple_of(LANES) && g.w <= SMALL_PLANE))
-        && g.w >= MIN_WIDTH
+        && g.c.is_multiple_of(if small { LANES } else { BLOCK })
+        && (small || g.co * g.kh * g.kw <= 576)
+        && measured_width(g.w)
 }
 
-/// The narrowest output rows [`takes_forward`] and [`takes_input_grad`] take.
-const MIN_WIDTH: usize = 5;
+/// Output rows the kernels measured faster on: at least 5 wide, but not 8 to 13 (the 8×8 planes
+/// of Mixed_7 at 299×299 ran 20–40 % slower than the GEMM path; 7×7 and 15×15 faster).
+fn measured_width(w: usize) -> bool {
+    w >= 5 && !(8..=13).contains(&w)
+}
 
 /// The forward pass, `n × co × ho × wo`; with `bias`, `max(conv + bias, 0)` per output channel.
 pub(crate) fn forward(g: &Geometry, x: &[f32], k: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
@@ -136,20 +142,22 @@ pub(crate) fn input_grad(g: &Geometry, k: &[f32], dy: &[f32]) -> Vec<f32> {
 }
 
 /// Whether [`kernel_grad`] takes this convolution: one the kernels compute, with whole blocks of
-/// output channels, output rows 5 to 16 wide and kernel rows at most 14 wide. On larger planes
-/// (the stem's) each core's output-gradient panel outgrows the L2 cache and the GEMM path measured
-/// faster.
+/// output channels, output rows of a [`measured_width`] up to [`SMALL_PLANE`] and kernel rows at
+/// most 14 wide. On larger planes (the stem's, 35×35 at 299×299) each core's output-gradient panel
+/// outgrows the L2 cache and the GEMM path measured faster.
 pub(crate) fn takes_kernel_grad(g: &Geometry) -> bool {
     fits(g)
         && (g.kh > 1 || g.kw > 1)
         && g.co.is_multiple_of(BLOCK)
-        && (MIN_WIDTH..=SMALL_PLANE).contains(&g.out_w())
+        && g.out_w() <= SMALL_PLANE
+        && measured_width(g.out_w())
         && g.kw <= PIXELS
 }
 
-/// The widest rows of a small plane: the widest output rows [`takes_kernel_grad`] takes, and the
-/// widest input rows [`takes_input_grad`] takes with a part-filled block.
-const SMALL_PLANE: usize = 16;
+/// The widest rows of a small plane (15×15 and 7×7 at 139×139, 17×17 at 299×299): the widest
+/// output rows [`takes_kernel_grad`] takes, and the widest input rows [`takes_input_grad`] takes
+/// with a part-filled block or a long sum.
+const SMALL_PLANE: usize = 17;
 
 /// The kernel gradient, `co × c × kh × kw`: `Σ dy[n][o][oh][ow] · x[n][ic][oh + i − ph][ow + j −
 /// pw]` over images and output pixels. The same kernels with the roles turned: the output
