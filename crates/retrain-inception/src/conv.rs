@@ -1104,24 +1104,20 @@ impl Conv {
         let shape = Shape::from((g.n, g.co, g.out_h(), g.out_w()));
         let plan = Plan::new(&g, rayon::current_num_threads());
         let out = match (s1, s2, bias) {
-            (CpuStorage::F32(x), CpuStorage::F32(k), None) if direct::takes_forward(&g) => {
-                CpuStorage::F32(direct::forward(&g, slice(x, l1)?, slice(k, l2)?, None))
+            (CpuStorage::F32(x), CpuStorage::F32(k), None | Some((CpuStorage::F32(_), _)))
+                if direct::takes_forward(&g) =>
+            {
+                let bias = match bias {
+                    Some((CpuStorage::F32(b), l3)) => Some(slice(b, l3)?),
+                    _ => None,
+                };
+                CpuStorage::F32(direct::forward(&g, slice(x, l1)?, slice(k, l2)?, bias))
             }
             (CpuStorage::F32(x), CpuStorage::F32(k), None) => {
                 CpuStorage::F32(forward(&g, plan, slice(x, l1)?, slice(k, l2)?, None))
             }
             (CpuStorage::F64(x), CpuStorage::F64(k), None) => {
                 CpuStorage::F64(forward(&g, plan, slice(x, l1)?, slice(k, l2)?, None))
-            }
-            (CpuStorage::F32(x), CpuStorage::F32(k), Some((CpuStorage::F32(b), l3)))
-                if direct::takes_forward(&g) =>
-            {
-                CpuStorage::F32(direct::forward(
-                    &g,
-                    slice(x, l1)?,
-                    slice(k, l2)?,
-                    Some(slice(b, l3)?),
-                ))
             }
             (CpuStorage::F32(x), CpuStorage::F32(k), Some((CpuStorage::F32(b), l3))) => {
                 CpuStorage::F32(forward(

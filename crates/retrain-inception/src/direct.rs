@@ -107,7 +107,7 @@ pub(crate) fn forward(g: &Geometry, x: &[f32], k: &[f32], bias: Option<&[f32]>) 
     if let Some(bias) = bias {
         assert_eq!(bias.len(), g.co, "conv2d: bias of the wrong length");
     }
-    let panels = pack(g.co, kk, |o, e| k[o * kk + e]);
+    let panels = pack(g.co, kk, |o| k[o * kk..][..kk].iter().copied().enumerate());
     run(g, x, &panels, bias)
 }
 
@@ -137,7 +137,17 @@ pub(crate) fn input_grad(g: &Geometry, k: &[f32], dy: &[f32]) -> Vec<f32> {
         g.co * g.c * kh * kw,
         "conv2d: kernel of the wrong length"
     );
-    let panels = pack_flipped(k, g.co, g.c, kh * kw);
+    // Row `ic`, element `(o, i, j)`: each (o, ic) pair's `kh·kw` elements reversed.
+    let khkw = kh * kw;
+    let panels = pack(g.c, g.co * khkw, |ic| {
+        (0..g.co).flat_map(move |o| {
+            let pair = &k[(o * g.c + ic) * khkw..][..khkw];
+            pair.iter()
+                .rev()
+                .enumerate()
+                .map(move |(t, &v)| (o * khkw + t, v))
+        })
+    });
     run(&t, dy, &panels, None)
 }
 
@@ -278,17 +288,20 @@ fn kernel_grad_in_groups(g: &Geometry, x: &[f32], dy: &[f32], group_bytes: usize
     // The cores' sums added in order.
     let mut total = vec![0.0; g.co * kk];
     total
-        .par_chunks_mut(1 << 12)
+        .par_chunks_mut(SUM_CHUNK)
         .enumerate()
         .for_each(|(i, out)| {
             for part in &sums {
-                for (t, &v) in out.iter_mut().zip(&part[i << 12..]) {
+                for (t, &v) in out.iter_mut().zip(&part[i * SUM_CHUNK..]) {
                     *t += v;
                 }
             }
         });
     total
 }
+
+/// Elements per task when the cores' kernel-gradient sums are added.
+const SUM_CHUNK: usize = 1 << 12;
 
 /// A tile of kernel elements for [`kernel_grad`]: `rows × cols` elements whose inputs start `x`
 /// into a padded image (rows `x_stride` apart, columns adjacent) and whose gradients start `k`
@@ -334,40 +347,21 @@ fn kernel_tiles(g: &Geometry, image: usize, wp: usize) -> Vec<KernelTile> {
     out
 }
 
-/// The packed kernel of [`input_grad`]: row `ic`, element `(o, i, j)` is `W[o][ic][kh − 1 −
-/// i][kw − 1 − j]`, for a kernel `W` of `co × c × kh·kw` (`khkw` elements per channel pair): each
-/// pair's elements reversed.
-fn pack_flipped(k: &[f32], co: usize, c: usize, khkw: usize) -> Vec<f32> {
-    let kk = co * khkw;
-    let mut panels = vec![0.0; c.div_ceil(BLOCK) * kk * BLOCK];
-    panels
-        .par_chunks_mut(kk * BLOCK)
-        .enumerate()
-        .for_each(|(b, panel)| {
-            for r in 0..BLOCK.min(c - b * BLOCK) {
-                let ic = b * BLOCK + r;
-                for o in 0..co {
-                    let src = &k[(o * c + ic) * khkw..][..khkw];
-                    for (t, &v) in src.iter().rev().enumerate() {
-                        panel[(o * khkw + t) * BLOCK + r] = v;
-                    }
-                }
-            }
-        });
-    panels
-}
-
-/// An `m × kk` matrix (`at(row, e)`) as blocks of `BLOCK` rows, each `kk × BLOCK` (row fastest),
-/// the last block padded with zeros.
-fn pack(m: usize, kk: usize, at: impl Fn(usize, usize) -> f32 + Sync) -> Vec<f32> {
+/// An `m × kk` matrix as blocks of `BLOCK` rows, each `kk × BLOCK` (row fastest), the last block
+/// padded with zeros; `row(i)` gives row `i`'s elements as (column, value), every column once.
+fn pack<I: Iterator<Item = (usize, f32)>>(
+    m: usize,
+    kk: usize,
+    row: impl Fn(usize) -> I + Sync,
+) -> Vec<f32> {
     let mut panels = vec![0.0; m.div_ceil(BLOCK) * kk * BLOCK];
     panels
         .par_chunks_mut(kk * BLOCK)
         .enumerate()
         .for_each(|(b, panel)| {
             for r in 0..BLOCK.min(m - b * BLOCK) {
-                for e in 0..kk {
-                    panel[e * BLOCK + r] = at(b * BLOCK + r, e);
+                for (e, v) in row(b * BLOCK + r) {
+                    panel[e * BLOCK + r] = v;
                 }
             }
         });
