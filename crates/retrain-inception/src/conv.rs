@@ -1069,6 +1069,18 @@ pub(crate) fn conv2d_grads(
     Conv { padding, stride }.grads(xs, kernel, dy)
 }
 
+/// [`conv2d_grads`] with the input gradient and the kernel gradient each computed where `want`
+/// says (input, kernel), whether or not `xs` is part of a graph.
+pub(crate) fn conv2d_grads_of(
+    xs: &Tensor,
+    kernel: &Tensor,
+    dy: &Tensor,
+    (padding, stride): ((usize, usize), usize),
+    want: (bool, bool),
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    Conv { padding, stride }.grads_of(xs, kernel, dy, want)
+}
+
 fn candle_conv(
     xs: &Tensor,
     kernel: &Tensor,
@@ -1144,14 +1156,31 @@ impl Conv {
 
     /// Input and kernel gradients for the output gradient `dy`.
     fn grads(&self, x: &Tensor, k: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Tensor)> {
+        let (dx, dk) = self.grads_of(x, k, dy, (x.track_op(), true))?;
+        let Some(dk) = dk else {
+            bail!("conv2d: the kernel gradient was asked for and not computed")
+        };
+        Ok((dx, dk))
+    }
+
+    /// The input gradient and the kernel gradient, each where `want` says.
+    fn grads_of(
+        &self,
+        x: &Tensor,
+        k: &Tensor,
+        dy: &Tensor,
+        want: (bool, bool),
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = self.geometry(x.dims(), k.dims())?;
         let dy = dy.contiguous()?;
-        let dx = if x.track_op() {
-            Some(k.apply_op2_no_bwd(&dy, &Grad::Input(g))?)
-        } else {
-            None
+        let dx = match want.0 {
+            true => Some(k.apply_op2_no_bwd(&dy, &Grad::Input(g))?),
+            false => None,
         };
-        let dk = x.apply_op2_no_bwd(&dy, &Grad::Kernel(g))?;
+        let dk = match want.1 {
+            true => Some(x.apply_op2_no_bwd(&dy, &Grad::Kernel(g))?),
+            false => None,
+        };
         Ok((dx, dk))
     }
 }

@@ -28,6 +28,7 @@ use rand::{Rng as _, SeedableRng as _};
 use rand_chacha::ChaCha8Rng;
 
 pub mod alloc;
+pub mod block;
 pub mod conv;
 pub mod counter;
 mod direct;

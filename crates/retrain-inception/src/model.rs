@@ -7,6 +7,7 @@ use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Init, Linear, 
 use rand::{Rng as _, SeedableRng as _};
 use rand_chacha::ChaCha8Rng;
 
+use crate::block::{Branch, Step, block_train};
 use crate::conv::{conv2d, conv2d_bias_relu};
 use crate::ops::{ConvBatchNormRelu, Pool2d, conv_batch_norm_relu_train};
 
@@ -46,6 +47,76 @@ impl Default for Config {
 
 thread_local! {
     static NO_GRAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Whether training-mode blocks run as one graph node each (see [`fused_block`]).
+    static BLOCK_NODES: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// Whether training-mode Inception blocks run as one graph node each ([`block_train`]): yes,
+/// unless `RETRAIN_BLOCK_NODES=0` (for measuring the difference) or a test turned it off.
+fn block_nodes() -> bool {
+    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    BLOCK_NODES.get()
+        && *ENV.get_or_init(|| std::env::var("RETRAIN_BLOCK_NODES").map_or(true, |v| v != "0"))
+}
+
+/// A step of a block's branch for [`fused_block`].
+#[derive(Clone, Copy)]
+enum Part<'a> {
+    Conv(&'a BasicConv2d),
+    Pool(Pool2d),
+}
+
+/// A branch for [`fused_block`]: its parts, and the runs of parts it splits into (if any).
+type BranchParts<'a> = (Vec<Part<'a>>, Vec<Vec<Part<'a>>>);
+
+/// A block in training mode as one graph node ([`block_train`]), the running statistics of its
+/// layers updated: its output and each step's (detached). `None` where that does not apply (off
+/// the CPU, turned off, a layer without batch-norm parameters): compose the layers there.
+fn fused_block<'a>(
+    xs: &Tensor,
+    branches: &[BranchParts<'a>],
+) -> Result<Option<(Tensor, Vec<Tensor>)>> {
+    if !block_nodes() {
+        return Ok(None);
+    }
+    let mut layers = Vec::new();
+    let mut steps = |parts: &[Part<'a>]| -> Option<Vec<Step<'a>>> {
+        parts
+            .iter()
+            .map(|part| match *part {
+                Part::Conv(layer) => {
+                    let (gamma, beta) = layer.bn.weight_and_bias()?;
+                    layers.push(layer);
+                    Some(Step::Conv {
+                        kernel: layer.conv.weight(),
+                        gamma,
+                        beta,
+                        eps: layer.bn.eps(),
+                        padding: layer.pad,
+                        stride: layer.conv.config().stride,
+                    })
+                }
+                Part::Pool(pool) => Some(Step::Pool(pool)),
+            })
+            .collect()
+    };
+    let mut spec = Vec::with_capacity(branches.len());
+    for (parts, split) in branches {
+        let Some(main) = steps(parts) else {
+            return Ok(None);
+        };
+        let Some(split) = split.iter().map(|p| steps(p)).collect::<Option<Vec<_>>>() else {
+            return Ok(None);
+        };
+        spec.push(Branch { steps: main, split });
+    }
+    let Some(block) = block_train(xs, &spec)? else {
+        return Ok(None);
+    };
+    for (layer, s) in layers.iter().zip(&block.stats) {
+        layer.update_running_stats(&s.mean, &s.var, s.count)?;
+    }
+    Ok(Some((block.out, block.steps)))
 }
 
 /// Like `torch.no_grad()`: while the returned guard lives, eval-mode forward passes on this
@@ -239,6 +310,29 @@ impl InceptionA {
 
 impl ModuleT for InceptionA {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        use Part::{Conv, Pool};
+        let branches = [
+            (vec![Conv(&self.branch1x1)], vec![]),
+            (
+                vec![Conv(&self.branch5x5_1), Conv(&self.branch5x5_2)],
+                vec![],
+            ),
+            (
+                vec![
+                    Conv(&self.branch3x3dbl_1),
+                    Conv(&self.branch3x3dbl_2),
+                    Conv(&self.branch3x3dbl_3),
+                ],
+                vec![],
+            ),
+            (
+                vec![Pool(Pool2d::AVG_3X3_S1), Conv(&self.branch_pool)],
+                vec![],
+            ),
+        ];
+        if train && let Some((out, _)) = fused_block(xs, &branches)? {
+            return Ok(out);
+        }
         let b1 = xs.apply_t(&self.branch1x1, train)?;
         let b5 = xs
             .apply_t(&self.branch5x5_1, train)?
@@ -284,6 +378,22 @@ impl InceptionB {
 
 impl ModuleT for InceptionB {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        use Part::{Conv, Pool};
+        let branches = [
+            (vec![Conv(&self.branch3x3)], vec![]),
+            (
+                vec![
+                    Conv(&self.branch3x3dbl_1),
+                    Conv(&self.branch3x3dbl_2),
+                    Conv(&self.branch3x3dbl_3),
+                ],
+                vec![],
+            ),
+            (vec![Pool(Pool2d::MAX_3X3_S2)], vec![]),
+        ];
+        if train && let Some((out, _)) = fused_block(xs, &branches)? {
+            return Ok(out);
+        }
         let b3 = xs.apply_t(&self.branch3x3, train)?;
         let b3dbl = xs
             .apply_t(&self.branch3x3dbl_1, train)?
@@ -334,6 +444,35 @@ impl InceptionC {
 
 impl ModuleT for InceptionC {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        use Part::{Conv, Pool};
+        let branches = [
+            (vec![Conv(&self.branch1x1)], vec![]),
+            (
+                vec![
+                    Conv(&self.branch7x7_1),
+                    Conv(&self.branch7x7_2),
+                    Conv(&self.branch7x7_3),
+                ],
+                vec![],
+            ),
+            (
+                vec![
+                    Conv(&self.branch7x7dbl_1),
+                    Conv(&self.branch7x7dbl_2),
+                    Conv(&self.branch7x7dbl_3),
+                    Conv(&self.branch7x7dbl_4),
+                    Conv(&self.branch7x7dbl_5),
+                ],
+                vec![],
+            ),
+            (
+                vec![Pool(Pool2d::AVG_3X3_S1), Conv(&self.branch_pool)],
+                vec![],
+            ),
+        ];
+        if train && let Some((out, _)) = fused_block(xs, &branches)? {
+            return Ok(out);
+        }
         let b1 = xs.apply_t(&self.branch1x1, train)?;
         let b7 = xs
             .apply_t(&self.branch7x7_1, train)?
@@ -402,6 +541,26 @@ impl InceptionD {
 
 impl ModuleT for InceptionD {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        use Part::{Conv, Pool};
+        let branches = [
+            (
+                vec![Conv(&self.branch3x3_1), Conv(&self.branch3x3_2)],
+                vec![],
+            ),
+            (
+                vec![
+                    Conv(&self.branch7x7x3_1),
+                    Conv(&self.branch7x7x3_2),
+                    Conv(&self.branch7x7x3_3),
+                    Conv(&self.branch7x7x3_4),
+                ],
+                vec![],
+            ),
+            (vec![Pool(Pool2d::MAX_3X3_S2)], vec![]),
+        ];
+        if train && let Some((out, _)) = fused_block(xs, &branches)? {
+            return Ok(out);
+        }
         let b3 = xs
             .apply_t(&self.branch3x3_1, train)?
             .apply_t(&self.branch3x3_2, train)?;
@@ -453,6 +612,31 @@ impl InceptionE {
 
 impl ModuleT for InceptionE {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        use Part::{Conv, Pool};
+        let branches = [
+            (vec![Conv(&self.branch1x1)], vec![]),
+            (
+                vec![Conv(&self.branch3x3_1)],
+                vec![
+                    vec![Conv(&self.branch3x3_2a)],
+                    vec![Conv(&self.branch3x3_2b)],
+                ],
+            ),
+            (
+                vec![Conv(&self.branch3x3dbl_1), Conv(&self.branch3x3dbl_2)],
+                vec![
+                    vec![Conv(&self.branch3x3dbl_3a)],
+                    vec![Conv(&self.branch3x3dbl_3b)],
+                ],
+            ),
+            (
+                vec![Pool(Pool2d::AVG_3X3_S1), Conv(&self.branch_pool)],
+                vec![],
+            ),
+        ];
+        if train && let Some((out, _)) = fused_block(xs, &branches)? {
+            return Ok(out);
+        }
         let b1 = xs.apply_t(&self.branch1x1, train)?;
         let b3 = xs.apply_t(&self.branch3x3_1, train)?;
         let b3 = Tensor::cat(
@@ -704,6 +888,28 @@ impl InceptionV3 {
     ) -> Result<(Tensor, Option<Tensor>)> {
         Self::check_input(xs)?;
         let mut xs = xs.clone();
+        // The stem, in training mode: one graph node (see `fused_block`).
+        let stem = [
+            ("Conv2d_1a_3x3", Part::Conv(&self.Conv2d_1a_3x3)),
+            ("Conv2d_2a_3x3", Part::Conv(&self.Conv2d_2a_3x3)),
+            ("Conv2d_2b_3x3", Part::Conv(&self.Conv2d_2b_3x3)),
+            ("maxpool1", Part::Pool(Pool2d::MAX_3X3_S2)),
+            ("Conv2d_3b_1x1", Part::Conv(&self.Conv2d_3b_1x1)),
+            ("Conv2d_4a_3x3", Part::Conv(&self.Conv2d_4a_3x3)),
+            ("maxpool2", Part::Pool(Pool2d::MAX_3X3_S2)),
+        ];
+        let fused = match train {
+            true => fused_block(&xs, &[(stem.iter().map(|s| s.1).collect(), vec![])])?,
+            false => None,
+        };
+        let stem_done = fused.is_some();
+        if let Some((out, steps)) = fused {
+            for ((name, _), step) in stem.iter().zip(&steps).take(stem.len() - 1) {
+                visit(name, step);
+            }
+            visit("maxpool2", &out);
+            xs = out;
+        }
         let step = |visit: &mut dyn FnMut(&str, &Tensor),
                     name: &str,
                     f: &dyn Fn(&Tensor) -> Result<Tensor>,
@@ -712,47 +918,49 @@ impl InceptionV3 {
             visit(name, xs);
             Result::Ok(())
         };
-        step(
-            visit,
-            "Conv2d_1a_3x3",
-            &|x| x.apply_t(&self.Conv2d_1a_3x3, train),
-            &mut xs,
-        )?;
-        step(
-            visit,
-            "Conv2d_2a_3x3",
-            &|x| x.apply_t(&self.Conv2d_2a_3x3, train),
-            &mut xs,
-        )?;
-        // Each max pool of the stem and the layer before it: one graph node in training.
-        let pooled_step = |visit: &mut dyn FnMut(&str, &Tensor),
-                           (name, layer): (&str, &BasicConv2d),
-                           pool_name: &str,
-                           xs: &mut Tensor| {
-            let (ys, pooled) = layer.forward_pooled(xs, Pool2d::MAX_3X3_S2, train)?;
-            visit(name, &ys);
-            visit(pool_name, &pooled);
-            *xs = pooled;
-            Result::Ok(())
-        };
-        pooled_step(
-            visit,
-            ("Conv2d_2b_3x3", &self.Conv2d_2b_3x3),
-            "maxpool1",
-            &mut xs,
-        )?;
-        step(
-            visit,
-            "Conv2d_3b_1x1",
-            &|x| x.apply_t(&self.Conv2d_3b_1x1, train),
-            &mut xs,
-        )?;
-        pooled_step(
-            visit,
-            ("Conv2d_4a_3x3", &self.Conv2d_4a_3x3),
-            "maxpool2",
-            &mut xs,
-        )?;
+        if !stem_done {
+            step(
+                visit,
+                "Conv2d_1a_3x3",
+                &|x| x.apply_t(&self.Conv2d_1a_3x3, train),
+                &mut xs,
+            )?;
+            step(
+                visit,
+                "Conv2d_2a_3x3",
+                &|x| x.apply_t(&self.Conv2d_2a_3x3, train),
+                &mut xs,
+            )?;
+            // Each max pool of the stem and the layer before it: one graph node in training.
+            let pooled_step = |visit: &mut dyn FnMut(&str, &Tensor),
+                               (name, layer): (&str, &BasicConv2d),
+                               pool_name: &str,
+                               xs: &mut Tensor| {
+                let (ys, pooled) = layer.forward_pooled(xs, Pool2d::MAX_3X3_S2, train)?;
+                visit(name, &ys);
+                visit(pool_name, &pooled);
+                *xs = pooled;
+                Result::Ok(())
+            };
+            pooled_step(
+                visit,
+                ("Conv2d_2b_3x3", &self.Conv2d_2b_3x3),
+                "maxpool1",
+                &mut xs,
+            )?;
+            step(
+                visit,
+                "Conv2d_3b_1x1",
+                &|x| x.apply_t(&self.Conv2d_3b_1x1, train),
+                &mut xs,
+            )?;
+            pooled_step(
+                visit,
+                ("Conv2d_4a_3x3", &self.Conv2d_4a_3x3),
+                "maxpool2",
+                &mut xs,
+            )?;
+        }
         step(
             visit,
             "Mixed_5b",
@@ -862,3 +1070,119 @@ impl ModuleT for InceptionV3 {
 
 /// The dtype the model computes in.
 pub const DTYPE: DType = DType::F32;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_nn::VarMap;
+
+    /// Values in [-1, 1) from a counter (no RNG needed).
+    fn values(n: usize, salt: usize) -> Vec<f64> {
+        (0..n)
+            .map(|i| ((i * 7919 + salt * 104_729) % 2003) as f64 / 1001.5 - 1.0)
+            .collect()
+    }
+
+    /// Every variable of `varmap` set to values from a counter (variances positive).
+    fn fill(varmap: &VarMap) {
+        let data = varmap.data().lock().unwrap();
+        for (i, (name, var)) in data.iter().enumerate() {
+            let v = values(var.elem_count(), i);
+            let v: Vec<f64> = match name.ends_with("running_var") {
+                true => v.iter().map(|x| 1.0 + x.abs()).collect(),
+                false => v,
+            };
+            var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+        }
+    }
+
+    /// (output, input gradient, each variable's (name, gradient, value)).
+    type Pass = (Tensor, Tensor, Vec<(String, Option<Tensor>, Tensor)>);
+
+    /// The output, input gradient, every variable's gradient and every variable's value after one
+    /// training-mode pass of `block` over `x` (running statistics updated), with the block as one
+    /// graph node or composed of its layers.
+    fn pass(block: &dyn ModuleT, varmap: &VarMap, x: &Tensor, fused: bool) -> Pass {
+        BLOCK_NODES.set(fused);
+        fill(varmap);
+        let x = candle_core::Var::from_tensor(x).unwrap();
+        let out = block.forward_t(&x, true).unwrap();
+        BLOCK_NODES.set(true);
+        let weights = Tensor::from_vec(values(out.elem_count(), 99), out.shape(), &Device::Cpu);
+        let loss = (&out * weights.unwrap()).unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        let data = varmap.data().lock().unwrap();
+        let vars = data
+            .iter()
+            .map(|(name, var)| {
+                let grad = grads.get(var.as_tensor()).cloned();
+                (name.clone(), grad, var.as_tensor().copy().unwrap())
+            })
+            .collect();
+        (out, grads.get(x.as_tensor()).unwrap().clone(), vars)
+    }
+
+    fn close(a: &Tensor, b: &Tensor, what: &str) {
+        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        let scale = b.abs().unwrap().max_all().unwrap();
+        let (diff, scale) = (
+            diff.to_scalar::<f64>().unwrap(),
+            scale.to_scalar::<f64>().unwrap(),
+        );
+        assert!(
+            diff <= 1e-10 * (1.0 + scale),
+            "{what}: |Δ| = {diff} of {scale}"
+        );
+    }
+
+    #[test]
+    fn a_block_as_one_node_gives_the_composed_layers_values_gradients_and_statistics() {
+        type Build = fn(VarBuilder) -> Result<Box<dyn ModuleT>>;
+        // Each kind of block, with an input of (channels, size).
+        let blocks: [(&str, Build, (usize, usize)); 5] = [
+            (
+                "A",
+                |vb| Ok(Box::new(InceptionA::new(vb, 0.1, 8, 4)?)),
+                (8, 5),
+            ),
+            ("B", |vb| Ok(Box::new(InceptionB::new(vb, 0.1, 8)?)), (8, 7)),
+            (
+                "C",
+                |vb| Ok(Box::new(InceptionC::new(vb, 0.1, 8, 16)?)),
+                (8, 4),
+            ),
+            ("D", |vb| Ok(Box::new(InceptionD::new(vb, 0.1, 8)?)), (8, 7)),
+            ("E", |vb| Ok(Box::new(InceptionE::new(vb, 0.1, 8)?)), (8, 3)),
+        ];
+        for (kind, build, (c, size)) in blocks {
+            let varmap = VarMap::new();
+            let vb = VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu);
+            let block = build(vb).unwrap();
+            let x = Tensor::from_vec(
+                values(2 * c * size * size, 7),
+                (2, c, size, size),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let (out, dx, vars) = pass(&*block, &varmap, &x, true);
+            let (want_out, want_dx, want_vars) = pass(&*block, &varmap, &x, false);
+            close(&out, &want_out, &format!("{kind}: output"));
+            close(&dx, &want_dx, &format!("{kind}: input gradient"));
+            let mut with_grads = 0;
+            for ((name, grad, value), (_, want_grad, want_value)) in vars.iter().zip(&want_vars) {
+                close(value, want_value, &format!("{kind}: {name} after the pass"));
+                match (grad, want_grad) {
+                    (Some(g), Some(w)) => {
+                        close(g, w, &format!("{kind}: gradient of {name}"));
+                        with_grads += 1;
+                    }
+                    (None, None) => {}
+                    _ => panic!("{kind}: {name} has a gradient one way only"),
+                }
+            }
+            // Every kernel, γ and β: three per convolution.
+            assert_eq!(with_grads, 3 * vars.len() / 5, "{kind}");
+        }
+    }
+}

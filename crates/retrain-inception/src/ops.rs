@@ -570,7 +570,7 @@ impl CustomOp1 for Pool2d {
 
 /// The gradient of a [`Pool2d`] with respect to its input, from the input and the output gradient.
 #[derive(Debug, Clone, Copy)]
-struct Pool2dBackward(Pool2d);
+pub(crate) struct Pool2dBackward(pub(crate) Pool2d);
 
 impl CustomOp2 for Pool2dBackward {
     fn name(&self) -> &'static str {
@@ -682,11 +682,13 @@ pub fn conv_batch_norm_relu_train(
         return Ok(None);
     }
     let (xs, kernel) = (xs.contiguous()?, kernel.contiguous()?);
-    let conv = conv2d_detached(&xs, &kernel, padding, stride)?;
-    let (n, _, h, w) = conv.dims4()?;
-    let stats = conv.apply_op1_no_bwd(&BatchNormStats)?;
-    let (mean, var) = (stats.get(0)?, stats.get(1)?);
-    let params = Tensor::cat(&[gamma, beta, &mean, &var], 0)?;
+    let ConvStats {
+        conv,
+        mean,
+        var,
+        params,
+        count,
+    } = conv_with_stats(&xs, &kernel, (gamma, beta), padding, stride)?;
     let bn = BatchNormTrain { eps, relu: true };
     let pooled = match pool {
         Some(pool) => {
@@ -712,8 +714,44 @@ pub fn conv_batch_norm_relu_train(
         activation,
         mean,
         var,
-        count: n * h * w,
+        count,
     }))
+}
+
+/// A training-mode layer's convolution and its output's batch statistics.
+pub(crate) struct ConvStats {
+    /// The convolution's output (detached).
+    pub(crate) conv: Tensor,
+    /// Its mean and biased variance per channel (detached).
+    pub(crate) mean: Tensor,
+    pub(crate) var: Tensor,
+    /// γ, β, mean and var in one tensor: the gradient reaches γ and β through the concatenation.
+    pub(crate) params: Tensor,
+    /// The values per channel the statistics are over (N·H·W).
+    pub(crate) count: usize,
+}
+
+/// The convolution of `xs` (contiguous) with `kernel` (contiguous), without a graph, and its
+/// batch statistics, with γ and β.
+pub(crate) fn conv_with_stats(
+    xs: &Tensor,
+    kernel: &Tensor,
+    (gamma, beta): (&Tensor, &Tensor),
+    padding: (usize, usize),
+    stride: usize,
+) -> Result<ConvStats> {
+    let conv = conv2d_detached(xs, kernel, padding, stride)?;
+    let (n, _, h, w) = conv.dims4()?;
+    let stats = conv.apply_op1_no_bwd(&BatchNormStats)?;
+    let (mean, var) = (stats.get(0)?, stats.get(1)?);
+    let params = Tensor::cat(&[gamma, beta, &mean, &var], 0)?;
+    Ok(ConvStats {
+        conv,
+        mean,
+        var,
+        params,
+        count: n * h * w,
+    })
 }
 
 /// The node of [`conv_batch_norm_relu_train`]: (input, kernel, γ β mean var) → output, keeping
@@ -883,7 +921,7 @@ fn dims_nchw(layout: &Layout) -> Result<(usize, usize, usize)> {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct BatchNormStats;
+pub(crate) struct BatchNormStats;
 
 impl CustomOp1 for BatchNormStats {
     fn name(&self) -> &'static str {
@@ -918,9 +956,9 @@ impl CustomOp1 for BatchNormStats {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct BatchNormTrain {
-    eps: f64,
-    relu: bool,
+pub(crate) struct BatchNormTrain {
+    pub(crate) eps: f64,
+    pub(crate) relu: bool,
 }
 
 /// Per channel: (scale, shift) of `y = x·scale + shift`, and 1/σ.
@@ -937,7 +975,12 @@ fn affine<T: Float>(params: &[T], c: usize, eps: f64) -> Vec<(f64, f64, f64)> {
 
 impl BatchNormTrain {
     /// The gradients of the input and of (γ, β, mean, var) for the output gradient `grad`.
-    fn grads(&self, x: &Tensor, params: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn grads(
+        &self,
+        x: &Tensor,
+        params: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let packed =
             x.apply_op3_no_bwd(params, &grad.contiguous()?, &BatchNormTrainBackward(*self))?;
         let numel = x.elem_count();
