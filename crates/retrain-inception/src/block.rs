@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp2, Device, Layout, Result, Shape, Storage, Tensor, bail};
 
 use crate::conv::{conv2d_grads_of, filled, ours};
 use crate::ops::{BatchNormTrain, ConvStats, Pool2d, Pool2dBackward, conv_with_stats};
@@ -406,8 +406,9 @@ enum Sum {
     #[default]
     Empty,
     First(Tensor),
-    F32(Vec<f32>, Tensor),
-    F64(Vec<f64>, Tensor),
+    /// The sum so far, and the terms' shape and device (the terms themselves are not kept).
+    F32(Vec<f32>, Shape, Device),
+    F64(Vec<f64>, Shape, Device),
 }
 
 impl Sum {
@@ -417,38 +418,37 @@ impl Sum {
             Sum::Empty => Sum::First(term),
             Sum::First(first) => {
                 let first = first.contiguous()?;
-                let same = |t: &Tensor| same_shape(t, &term);
-                same(&first)?;
+                same_shape(first.shape(), &term)?;
                 let (a, b) = (cpu_slice(&first)?, cpu_slice(&term)?);
                 match (&*a.0, &*b.0) {
                     (Storage::Cpu(CpuStorage::F32(x)), Storage::Cpu(CpuStorage::F32(y))) => {
                         let sum = pairwise(&x[a.1.clone()], &y[b.1.clone()]);
-                        Sum::F32(sum, first.clone())
+                        Sum::F32(sum, first.shape().clone(), first.device().clone())
                     }
                     (Storage::Cpu(CpuStorage::F64(x)), Storage::Cpu(CpuStorage::F64(y))) => {
                         let sum = pairwise(&x[a.1.clone()], &y[b.1.clone()]);
-                        Sum::F64(sum, first.clone())
+                        Sum::F64(sum, first.shape().clone(), first.device().clone())
                     }
                     _ => bail!("inception block: branch gradients of an unsupported dtype"),
                 }
             }
-            Sum::F32(mut sum, like) => {
-                same_shape(&like, &term)?;
+            Sum::F32(mut sum, shape, device) => {
+                same_shape(&shape, &term)?;
                 let b = cpu_slice(&term)?;
                 let Storage::Cpu(CpuStorage::F32(y)) = &*b.0 else {
                     bail!("inception block: branch gradients of different dtypes")
                 };
                 add_into(&mut sum, &y[b.1.clone()]);
-                Sum::F32(sum, like)
+                Sum::F32(sum, shape, device)
             }
-            Sum::F64(mut sum, like) => {
-                same_shape(&like, &term)?;
+            Sum::F64(mut sum, shape, device) => {
+                same_shape(&shape, &term)?;
                 let b = cpu_slice(&term)?;
                 let Storage::Cpu(CpuStorage::F64(y)) = &*b.0 else {
                     bail!("inception block: branch gradients of different dtypes")
                 };
                 add_into(&mut sum, &y[b.1.clone()]);
-                Sum::F64(sum, like)
+                Sum::F64(sum, shape, device)
             }
         };
         Ok(())
@@ -459,17 +459,17 @@ impl Sum {
         Ok(match self {
             Sum::Empty => None,
             Sum::First(t) => Some(t),
-            Sum::F32(v, like) => Some(Tensor::from_vec(v, like.shape(), like.device())?),
-            Sum::F64(v, like) => Some(Tensor::from_vec(v, like.shape(), like.device())?),
+            Sum::F32(v, shape, device) => Some(Tensor::from_vec(v, shape, &device)?),
+            Sum::F64(v, shape, device) => Some(Tensor::from_vec(v, shape, &device)?),
         })
     }
 }
 
-fn same_shape(a: &Tensor, b: &Tensor) -> Result<()> {
-    if a.shape() != b.shape() {
+fn same_shape(shape: &Shape, b: &Tensor) -> Result<()> {
+    if shape != b.shape() {
         bail!(
             "inception block: branch gradients of shapes {:?} and {:?}",
-            a.dims(),
+            shape.dims(),
             b.dims()
         )
     }
