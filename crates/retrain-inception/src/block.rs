@@ -104,13 +104,11 @@ pub fn block_train(xs: &Tensor, branches: &[Branch]) -> Result<Option<BlockTrain
             .collect::<Result<Vec<_>>>()?;
         done.push(DoneBranch { main, split });
     }
-    let leaves: Vec<Tensor> = done
-        .iter()
-        .flat_map(|b| match b.split.is_empty() {
-            true => vec![b.main.out.clone()],
-            false => b.split.iter().map(|r| r.out.clone()).collect(),
-        })
-        .collect();
+    let node = BlockNode {
+        branches: done,
+        stash: record.stash.clone(),
+    };
+    let leaves: Vec<&Tensor> = node.leaves().collect();
     let (n, h, w) = {
         let (n, _, h, w) = leaves[0].dims4()?;
         (n, h, w)
@@ -132,11 +130,6 @@ pub fn block_train(xs: &Tensor, branches: &[Branch]) -> Result<Option<BlockTrain
             None => Ok(Some(tap.clone())),
             Some(sum) => sum.add(tap).map(Some),
         })?;
-    let node = BlockNode {
-        branches: done,
-        leaves,
-        stash: record.stash.clone(),
-    };
     let out = match taps {
         Some(taps) => xs.apply_op2(&taps, node)?,
         // No convolution (not one of Inception's blocks): a zero for the second input.
@@ -271,12 +264,20 @@ fn lock(stash: &Stash) -> Result<std::sync::MutexGuard<'_, Vec<Option<Grads>>>> 
 /// The block's graph node: (input, sum of the taps) → output.
 struct BlockNode {
     branches: Vec<DoneBranch>,
-    /// The branches' outputs, in the order they go side by side.
-    leaves: Vec<Tensor>,
     stash: Stash,
 }
 
 impl BlockNode {
+    /// The branches' outputs, in the order they go side by side: a branch's own, or its split
+    /// runs' one after the other.
+    fn leaves(&self) -> impl Iterator<Item = &Tensor> {
+        self.branches.iter().flat_map(|b| {
+            let split = b.split.iter().map(|r| &r.out);
+            let main = b.split.is_empty().then_some(&b.main.out);
+            main.into_iter().chain(split)
+        })
+    }
+
     /// The gradient of a run's input for `g`, its output's gradient (`None` where `input` is
     /// false: the run's first step then computes no input gradient); each convolution's
     /// gradients left in the stash.
@@ -327,13 +328,10 @@ impl CustomOp2 for BlockNode {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, _, h, w) = self.leaves[0].dims4()?;
-        let channels: usize = self
-            .leaves
-            .iter()
-            .map(|l| l.dim(1))
-            .sum::<Result<usize>>()?;
-        let guards: Vec<_> = self.leaves.iter().map(|l| l.storage_and_layout()).collect();
+        let leaves: Vec<&Tensor> = self.leaves().collect();
+        let (n, _, h, w) = leaves[0].dims4()?;
+        let channels: usize = leaves.iter().map(|l| l.dim(1)).sum::<Result<usize>>()?;
+        let guards: Vec<_> = leaves.iter().map(|l| l.storage_and_layout()).collect();
         let mut f32s = Vec::new();
         let mut f64s = Vec::new();
         for (storage, layout) in &guards {
