@@ -107,7 +107,7 @@ pub(crate) fn forward(g: &Geometry, x: &[f32], k: &[f32], bias: Option<&[f32]>) 
     if let Some(bias) = bias {
         assert_eq!(bias.len(), g.co, "conv2d: bias of the wrong length");
     }
-    let panels = pack(g.co, kk, |o| k[o * kk..][..kk].iter().copied().enumerate());
+    let panels = pack(g.co, kk, k, kk, |e| e);
     run(g, x, &panels, bias)
 }
 
@@ -139,14 +139,9 @@ pub(crate) fn input_grad(g: &Geometry, k: &[f32], dy: &[f32]) -> Vec<f32> {
     );
     // Row `ic`, element `(o, i, j)`: each (o, ic) pair's `kh·kw` elements reversed.
     let khkw = kh * kw;
-    let panels = pack(g.c, g.co * khkw, |ic| {
-        (0..g.co).flat_map(move |o| {
-            let pair = &k[(o * g.c + ic) * khkw..][..khkw];
-            pair.iter()
-                .rev()
-                .enumerate()
-                .map(move |(t, &v)| (o * khkw + t, v))
-        })
+    let panels = pack(g.c, g.co * khkw, k, khkw, |e| {
+        let (o, t) = (e / khkw, e % khkw);
+        o * g.c * khkw + khkw - 1 - t
     });
     run(&t, dy, &panels, None)
 }
@@ -364,24 +359,69 @@ fn kernel_tiles(g: &Geometry, image: usize, wp: usize) -> Vec<KernelTile> {
 }
 
 /// An `m × kk` matrix as blocks of `BLOCK` rows, each `kk × BLOCK` (row fastest), the last block
-/// padded with zeros; `row(i)` gives row `i`'s elements as (column, value), every column once.
-fn pack<I: Iterator<Item = (usize, f32)>>(
+/// padded with zeros, from `src`: row `i`'s element `e` is `src[start(e) + i·stride]`. Written in
+/// the panels' order, a column of a block at a time, from rows that stay in the L1 cache for the
+/// next columns (row by row, each write touched another cache line of a panel larger than L1).
+fn pack(
     m: usize,
     kk: usize,
-    row: impl Fn(usize) -> I + Sync,
+    src: &[f32],
+    stride: usize,
+    start: impl Fn(usize) -> usize + Sync,
 ) -> Vec<f32> {
     let mut panels = vec![0.0; m.div_ceil(BLOCK) * kk * BLOCK];
     panels
         .par_chunks_mut(kk * BLOCK)
         .enumerate()
         .for_each(|(b, panel)| {
-            for r in 0..BLOCK.min(m - b * BLOCK) {
-                for (e, v) in row(b * BLOCK + r) {
-                    panel[e * BLOCK + r] = v;
-                }
+            let rows = BLOCK.min(m - b * BLOCK);
+            for (e, column) in panel.chunks_mut(BLOCK).enumerate() {
+                let from = &src[start(e) + b * BLOCK * stride..][..(rows - 1) * stride + 1];
+                // SAFETY: `pack` runs for the direct kernels only, where `fits` found AVX-512;
+                // `from` holds `rows` values `stride` apart, `column` room for `BLOCK ≥ rows`.
+                unsafe { gather(from, stride, &mut column[..rows]) };
             }
         });
     panels
+}
+
+/// `column[r] = from[r · stride]` for every `r`, 16 values a gather.
+///
+/// # Safety
+///
+/// The CPU has AVX-512F; `from` holds `(column.len() − 1) · stride + 1` values or more.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gather(from: &[f32], stride: usize, column: &mut [f32]) {
+    use std::arch::x86_64::{
+        _mm512_mask_i32gather_ps, _mm512_mask_storeu_ps, _mm512_mullo_epi32, _mm512_set1_epi32,
+        _mm512_setr_epi32, _mm512_setzero_ps,
+    };
+    let rows = column.len();
+    assert!(rows == 0 || from.len() > (rows - 1) * stride);
+    let step = i32::try_from(stride).expect("direct convolution: kernel too large to pack");
+    let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let offsets = _mm512_mullo_epi32(lanes, _mm512_set1_epi32(step));
+    for lo in (0..rows).step_by(LANES) {
+        let mask = (u32::MAX >> (32 - (rows - lo).min(LANES))) as u16;
+        // SAFETY: lane `l < rows − lo` (masked) reads `from[(lo + l) · stride]`, inside `from`
+        // (asserted), and writes `column[lo + l]`; masked-off lanes touch nothing.
+        unsafe {
+            let v = _mm512_mask_i32gather_ps::<4>(
+                _mm512_setzero_ps(),
+                mask,
+                offsets,
+                from.as_ptr().add(lo * stride),
+            );
+            _mm512_mask_storeu_ps(column.as_mut_ptr().add(lo), mask, v);
+        }
+    }
+}
+
+/// Never called: [`fits`] is false off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn gather(_: &[f32], _: usize, _: &mut [f32]) {
+    unreachable!("direct convolution kernels exist on x86-64 only")
 }
 
 /// The convolution of `x` (`n × c × h × w`) with packed kernel `panels`.
@@ -529,6 +569,19 @@ const GROUP_BYTES: usize = 1 << 20;
 fn pad_images<'a>(g: &Geometry, x: &[f32], pad: &'a mut Vec<f32>) -> &'a [f32] {
     let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
     let out = grow(pad, x.len() / (g.h * g.w) * hp * wp);
+    if g.w <= LANES && wp <= 2 * LANES {
+        // SAFETY: the direct kernels (whose inputs these are) run only where `fits` found
+        // AVX-512; the widths are checked above.
+        unsafe { pad_short_rows(g, x, out) };
+    } else {
+        pad_rows(g, x, out);
+    }
+    out
+}
+
+/// [`pad_images`] a row at a time, into `out` (as long as the padded images).
+fn pad_rows(g: &Geometry, x: &[f32], out: &mut [f32]) {
+    let (hp, wp) = (g.h + 2 * g.ph, g.w + 2 * g.pw);
     for (src, dst) in x.chunks(g.h * g.w).zip(out.chunks_mut(hp * wp)) {
         let (top, rest) = dst.split_at_mut(g.ph * wp);
         let (rows, bottom) = rest.split_at_mut(g.h * wp);
@@ -540,7 +593,70 @@ fn pad_images<'a>(g: &Geometry, x: &[f32], pad: &'a mut Vec<f32>) -> &'a [f32] {
             out[g.pw + g.w..].fill(0.0);
         }
     }
-    out
+}
+
+/// [`pad_images`] for rows of at most 16 values, padded to at most 32: each padded row written
+/// whole from one masked load, two lane permutations and two masked stores (a call to `memcpy`
+/// and two to `memset` per row of 7 or 15 values cost three times the copy itself).
+///
+/// # Safety
+///
+/// The CPU has AVX-512F; `g.w ≤ 16` and `g.w + 2·g.pw ≤ 32`; `out` holds the padded images of `x`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pad_short_rows(g: &Geometry, x: &[f32], out: &mut [f32]) {
+    use std::arch::x86_64::{
+        _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_maskz_permutexvar_ps,
+        _mm512_set1_epi32, _mm512_setr_epi32, _mm512_setzero_ps, _mm512_sub_epi32,
+    };
+    let (w, pw, wp) = (g.w, g.pw, g.w + 2 * g.pw);
+    let hp = g.h + 2 * g.ph;
+    assert!(w <= LANES && wp <= 2 * LANES && w > 0);
+    assert_eq!(out.len(), x.len() / (g.h * w) * hp * wp);
+    // Lane l of the padded row's first (second) vector is input lane l − pw (l + 16 − pw), where
+    // that is one of the row's values; else zero.
+    let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let pw_lanes = i32::try_from(pw).expect("padding narrower than a vector");
+    let shift = |by: i32| _mm512_sub_epi32(lanes, _mm512_set1_epi32(by));
+    let (first, second) = (shift(pw_lanes), shift(pw_lanes - LANES as i32));
+    let inside = |from: usize| -> u16 {
+        (0..LANES)
+            .filter(|&l| (pw..pw + w).contains(&(from + l)))
+            .fold(0, |m, l| m | 1 << l)
+    };
+    let (in_first, in_second) = (inside(0), inside(LANES));
+    let load = (u32::MAX >> (32 - w)) as u16;
+    let store_first = (u32::MAX >> (32 - wp.min(LANES))) as u16;
+    let store_second = u32::MAX.checked_shr((32 + LANES - wp) as u32).unwrap_or(0) as u16;
+    let zero = _mm512_setzero_ps();
+    for (plane, dst) in x.chunks_exact(g.h * w).zip(out.chunks_exact_mut(hp * wp)) {
+        for (r, row) in dst.chunks_exact_mut(wp).enumerate() {
+            let (a, b) = if (g.ph..g.ph + g.h).contains(&r) {
+                let src = &plane[(r - g.ph) * w..][..w];
+                // SAFETY: the load reads `w` lanes of `src` (masked), which has `w` values.
+                let v = unsafe { _mm512_maskz_loadu_ps(load, src.as_ptr()) };
+                (
+                    _mm512_maskz_permutexvar_ps(in_first, first, v),
+                    _mm512_maskz_permutexvar_ps(in_second, second, v),
+                )
+            } else {
+                (zero, zero)
+            };
+            // SAFETY: the stores write the row's `wp` values (masked): up to 16, then the rest.
+            unsafe {
+                _mm512_mask_storeu_ps(row.as_mut_ptr(), store_first, a);
+                if wp > LANES {
+                    _mm512_mask_storeu_ps(row.as_mut_ptr().add(LANES), store_second, b);
+                }
+            }
+        }
+    }
+}
+
+/// Never called: [`fits`] is false off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn pad_short_rows(_: &Geometry, _: &[f32], _: &mut [f32]) {
+    unreachable!("direct convolution kernels exist on x86-64 only")
 }
 
 /// The first `len` elements of `v`, grown if it is shorter but never shrunk: the thread's scratch
@@ -876,6 +992,45 @@ mod tests {
                 }
                 assert!(seen.iter().all(|&s| s == 1), "{ho}×{wo}: {seen:?}");
             }
+        }
+    }
+
+    #[test]
+    fn short_rows_are_padded_as_row_by_row() {
+        if unavailable() {
+            return;
+        }
+        for (h, w, ph, pw) in [
+            (7, 7, 0, 3),
+            (7, 7, 3, 0),
+            (7, 7, 1, 1),
+            (15, 15, 2, 2),
+            (15, 15, 1, 1),
+            (3, 16, 1, 8),
+            (2, 1, 1, 0),
+            (4, 9, 2, 3),
+            (5, 16, 0, 0),
+        ] {
+            let g = Geometry {
+                n: 3,
+                c: 2,
+                h,
+                w,
+                co: 16,
+                kh: 2 * ph + 1,
+                kw: 2 * pw + 1,
+                stride: 1,
+                ph,
+                pw,
+                dilation: 1,
+            };
+            let x = values(g.n * g.c * h * w, 5);
+            let mut want = vec![f32::NAN; g.n * g.c * (h + 2 * ph) * (w + 2 * pw)];
+            pad_rows(&g, &x, &mut want);
+            // Scratch left dirty by a larger earlier use, as the thread's scratch is.
+            let mut pad = vec![f32::NAN; want.len() + 40];
+            let got = pad_images(&g, &x, &mut pad);
+            assert_eq!(got, &want[..], "{h}×{w} padded by {ph}, {pw}");
         }
     }
 

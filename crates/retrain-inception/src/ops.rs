@@ -817,26 +817,45 @@ impl CustomOp3 for ConvBatchNormTrain {
 const LANES: usize = 16;
 
 /// The `K` sums `Σᵢ f(a[i], b[i])[k]` over two equally long slices, in one pass: `LANES` partial
-/// sums each in `T`, added in f64.
+/// sums each in `T` (the tail of the slices in the first lanes), added pairwise in f64 (a chain
+/// of 16 dependent additions per sum had cost more than a 7×7 plane's terms).
 fn lane_sums<T: Float, const K: usize>(a: &[T], b: &[T], f: impl Fn(T, T) -> [T; K]) -> [f64; K] {
+    if a.len() < LANES {
+        // Fewer terms than lanes (3×3 planes): added in f64 straight away.
+        let mut sums = [0.0; K];
+        for (&a, &b) in a.iter().zip(b) {
+            for (sum, term) in sums.iter_mut().zip(f(a, b)) {
+                *sum += term.to_f64();
+            }
+        }
+        return sums;
+    }
     let (a_chunks, a_rest) = a.as_chunks::<LANES>();
     let (b_chunks, b_rest) = b[..a.len()].as_chunks::<LANES>();
     let mut acc = [[T::ZERO; LANES]; K];
     for (a, b) in a_chunks.iter().zip(b_chunks) {
-        for i in 0..LANES {
-            let terms = f(a[i], b[i]);
-            for k in 0..K {
-                acc[k][i] += terms[k];
+        let terms: [[T; K]; LANES] = std::array::from_fn(|i| f(a[i], b[i]));
+        for (k, acc) in acc.iter_mut().enumerate() {
+            for (acc, terms) in acc.iter_mut().zip(&terms) {
+                *acc += terms[k];
             }
         }
     }
-    std::array::from_fn(|k| {
-        let rest: f64 = a_rest
-            .iter()
-            .zip(b_rest)
-            .map(|(&a, &b)| f(a, b)[k].to_f64())
-            .sum();
-        acc[k].iter().map(|v| v.to_f64()).sum::<f64>() + rest
+    for (i, (&a, &b)) in a_rest.iter().zip(b_rest).enumerate() {
+        for (acc, term) in acc.iter_mut().zip(f(a, b)) {
+            acc[i] += term;
+        }
+    }
+    acc.map(|lanes| {
+        let mut v = lanes.map(T::to_f64);
+        let mut n = LANES;
+        while n > 1 {
+            n /= 2;
+            for i in 0..n {
+                v[i] += v[i + n];
+            }
+        }
+        v[0]
     })
 }
 
@@ -849,12 +868,29 @@ fn plane_sums<T: Float, const K: usize>(
     hw: usize,
     sums: impl Fn(usize, &[T], &[T]) -> [f64; K] + Sync,
 ) -> Vec<[f64; K]> {
-    a.par_chunks(hw)
-        .zip(b.par_chunks(hw))
+    if hw == 0 {
+        return Vec::new();
+    }
+    let per = (PLANES_CHUNK / hw).max(1);
+    let mut out = vec![[0.0; K]; a.len() / hw];
+    out.par_chunks_mut(per)
+        .zip(a.par_chunks(per * hw).zip(b.par_chunks(per * hw)))
         .enumerate()
-        .map(|(plane, (a, b))| sums(plane, a, b))
-        .collect()
+        .for_each(|(task, (out, (a, b)))| {
+            for (i, (out, (a, b))) in out
+                .iter_mut()
+                .zip(a.chunks(hw).zip(b.chunks(hw)))
+                .enumerate()
+            {
+                *out = sums(task * per + i, a, b);
+            }
+        });
+    out
 }
+
+/// Elements per task of [`plane_sums`]: whole planes, many of the small ones (a task per 7×7
+/// plane cost more than the plane's sums).
+const PLANES_CHUNK: usize = 1 << 13;
 
 /// Per channel, the sums of its planes (`planes` in N×C order, as [`plane_sums`] returns them),
 /// added in image order.
@@ -874,23 +910,31 @@ fn channel_totals<const K: usize>(
 }
 
 /// Per-channel (mean, biased variance) of a contiguous N×C×H×W slice, reading it from memory
-/// once: each plane's mean and sum of squared deviations from it, two passes over the plane while
-/// it is in the L1 cache (partial sums in `T`, added in f64), then a channel's planes combined in
-/// image order with Chan et al.'s pairwise update (no cancellation, unlike `Σx² − n·mean²`).
+/// once: each plane's mean and sum of squared deviations from it, in one pass over the plane
+/// (deviations from a pivot; partial sums in `T`, added in f64), then a channel's planes combined
+/// in image order with Chan et al.'s pairwise update (no cancellation, unlike `Σx² − n·mean²`
+/// over the whole channel); the channels in parallel.
 fn channel_stats<T: Float>(x: &[T], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
     let size = hw as f64;
     let planes = plane_sums(x, x, hw, |_, p, _| {
-        let mean = lane_sums(p, p, |v, _| [v])[0] / size;
-        let m = T::from_f64(mean);
-        let squares = lane_sums(p, p, |v, _| {
-            let d = v - m;
-            [d * d]
-        })[0];
-        // Σ(v − mean)² from the deviations from `m`, the mean rounded to `T`.
-        let shift = mean - m.to_f64();
-        [mean, (squares - size * shift * shift).max(0.0)]
+        // One pass: the sums of the deviations from the plane's first value and of their
+        // squares. The lanes' partial sums stay small where the values are far from zero (sums
+        // of the values themselves lose the mean's low bits to rounding, and with them the
+        // variance), and the pivot is one of the plane's values, within a few σ of its mean, so
+        // that taking n·(mean − pivot)² off the squares cancels little.
+        let pivot = p[0];
+        let [deviations, squares] = lane_sums(p, p, |v, _| {
+            let d = v - pivot;
+            [d, d * d]
+        });
+        let offset = deviations / size;
+        [
+            pivot.to_f64() + offset,
+            (squares - size * offset * offset).max(0.0),
+        ]
     });
     (0..c)
+        .into_par_iter()
         .map(|ch| {
             let (mut count, mut mean, mut m2) = (0.0, 0.0, 0.0);
             for &[plane_mean, plane_m2] in planes.iter().skip(ch).step_by(c) {

@@ -450,11 +450,18 @@ fn convolution_batch_norm_and_relu_as_one_node_match_their_composition() {
 
 #[test]
 fn batch_statistics_stay_accurate_far_from_zero() {
+    // Planes of fewer values than a vector's lanes (3×3), of several vectors and a tail, and of
+    // many.
+    for dims in [[4, 2, 9, 7], [6, 2, 3, 3], [2, 2, 17, 19]] {
+        statistics_far_from_zero(dims);
+    }
+}
+
+fn statistics_far_from_zero(dims: [usize; 4]) {
     use retrain_inception::ops::batch_norm_train;
     // f32 values near 1000 spread by about 0.01, the planes' means differing: `Σx² − n·mean²`
     // would lose the variance entirely.
-    let dims = [4, 2, 9, 7];
-    let offsets = input(&[4, 2, 1, 1], 62).affine(0.05, 1000.0).unwrap();
+    let offsets = input(&[dims[0], 2, 1, 1], 62).affine(0.05, 1000.0).unwrap();
     let x64 = input(&dims, 61)
         .affine(0.01, 0.0)
         .unwrap()
@@ -494,7 +501,7 @@ fn batch_statistics_stay_accurate_far_from_zero() {
         let rel = (got_var[ch] - want_var[ch]).abs() / want_var[ch];
         assert!(
             rel < 1e-3,
-            "channel {ch}: variance {} against {}",
+            "{dims:?}, channel {ch}: variance {} against {}",
             got_var[ch],
             want_var[ch]
         );
