@@ -888,7 +888,30 @@ fn plane_sums<T: Float, const K: usize>(
     out
 }
 
-/// Elements per task of [`plane_sums`]: whole planes, many of the small ones (a task per 7×7
+/// `f(plane, out, a, b)` for each `hw`-long plane of `out` and the same planes of `a` and `b` (as
+/// long as `out`), in tasks of whole planes, [`PLANES_CHUNK`] elements or one plane.
+fn per_plane<T: Sync, U: Send>(
+    out: &mut [U],
+    (a, b): (&[T], &[T]),
+    hw: usize,
+    f: impl Fn(usize, &mut [U], &[T], &[T]) + Sync,
+) {
+    if hw == 0 {
+        return;
+    }
+    let per = (PLANES_CHUNK / hw).max(1) * hw;
+    out.par_chunks_mut(per)
+        .zip(a.par_chunks(per).zip(b.par_chunks(per)))
+        .enumerate()
+        .for_each(|(task, (out, (a, b)))| {
+            let planes = out.chunks_mut(hw).zip(a.chunks(hw).zip(b.chunks(hw)));
+            for (i, (out, (a, b))) in planes.enumerate() {
+                f(task * (per / hw) + i, out, a, b);
+            }
+        });
+}
+
+/// Elements per task of [`plane_sums`] and [`per_plane`]: whole planes, many of the small ones (a task per 7×7
 /// plane cost more than the plane's sums).
 const PLANES_CHUNK: usize = 1 << 13;
 
@@ -1036,22 +1059,22 @@ impl BatchNormTrain {
     fn forward<T: Float>(&self, x: &[T], params: &[T], dims: (usize, usize, usize)) -> Vec<T> {
         let (_, c, hw) = dims;
         let affine = affine(params, c, self.eps);
+        let affine: Vec<(T, T)> = affine
+            .iter()
+            .map(|&(scale, shift, _)| (T::from_f64(scale), T::from_f64(shift)))
+            .collect();
         let fill = |y: &mut [MaybeUninit<T>]| {
-            y.par_chunks_mut(hw)
-                .zip(x.par_chunks(hw))
-                .enumerate()
-                .for_each(|(plane, (y, x))| {
-                    let (scale, shift, _) = affine[plane % c];
-                    let (scale, shift) = (T::from_f64(scale), T::from_f64(shift));
-                    for (y, &x) in y.iter_mut().zip(x) {
-                        let v = x * scale + shift;
-                        y.write(if self.relu && v <= T::ZERO {
-                            T::ZERO
-                        } else {
-                            v
-                        });
-                    }
-                })
+            per_plane(y, (x, x), hw, |plane, y, x, _| {
+                let (scale, shift) = affine[plane % c];
+                for (y, &x) in y.iter_mut().zip(x) {
+                    let v = x * scale + shift;
+                    y.write(if self.relu && v <= T::ZERO {
+                        T::ZERO
+                    } else {
+                        v
+                    });
+                }
+            })
         };
         // SAFETY: the planes of `y` pair with those of `x`, as long, and every element is written.
         unsafe { filled(x.len(), fill) }
@@ -1118,17 +1141,14 @@ impl BatchNormTrain {
             .collect();
         let fill = |out: &mut [MaybeUninit<T>]| {
             let (dx, dparams) = out.split_at_mut(x.len());
-            dx.par_chunks_mut(hw)
-                .zip(x.par_chunks(hw).zip(dy.par_chunks(hw)))
-                .enumerate()
-                .for_each(|(plane, (dx, (x, dy)))| {
-                    let ch = plane % c;
-                    let (a, b, d) = coefficients[ch];
-                    let (m, scale, shift) = consts[ch];
-                    for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-                        dx.write(a * passed((scale, shift), x, dy) - b - (x - m) * d);
-                    }
-                });
+            per_plane(dx, (x, dy), hw, |plane, dx, x, dy| {
+                let ch = plane % c;
+                let (a, b, d) = coefficients[ch];
+                let (m, scale, shift) = consts[ch];
+                for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+                    dx.write(a * passed((scale, shift), x, dy) - b - (x - m) * d);
+                }
+            });
             let (dgamma, rest) = dparams.split_at_mut(c);
             let (dbeta, dstats) = rest.split_at_mut(c);
             for (ch, (dgamma, dbeta)) in dgamma.iter_mut().zip(dbeta).enumerate() {
