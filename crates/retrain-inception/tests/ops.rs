@@ -120,6 +120,39 @@ fn check_gradient(f: &dyn Fn(&Tensor) -> Tensor, dims: &[usize], what: &str) {
 }
 
 #[test]
+fn max_pool_ties_send_the_gradient_to_the_first_largest_input() {
+    // Row-major first among equal maxima, as PyTorch: every window of an all-equal input hands
+    // its gradient to its top-left input; a later larger value takes it instead.
+    let mut values = vec![1.0f64; 2 * 7 * 9];
+    values[7 * 9 + 2 * 9 + 4] = 2.0; // second plane, row 2, column 4
+    let xs = Var::from_vec(values, (1, 2, 7, 9), &Device::Cpu).unwrap();
+    let out = Pool2d::MAX_3X3_S2.forward(xs.as_tensor()).unwrap();
+    assert_eq!(out.dims(), &[1, 2, 3, 4]);
+    let grads = out.sum_all().unwrap().backward().unwrap();
+    let got: Vec<f64> = grads
+        .get(xs.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let mut want = vec![0.0; 2 * 7 * 9];
+    for plane in 0..2 {
+        for oy in 0..3 {
+            for ox in 0..4 {
+                want[plane * 63 + 2 * oy * 9 + 2 * ox] += 1.0;
+            }
+        }
+    }
+    // The 2.0 lies in the windows at (1, 1), (1, 2), (0, 1), (0, 2) of the second plane.
+    for (oy, ox) in [(0, 1), (0, 2), (1, 1), (1, 2)] {
+        want[63 + 2 * oy * 9 + 2 * ox] -= 1.0;
+        want[63 + 2 * 9 + 4] += 1.0;
+    }
+    assert_eq!(got, want);
+}
+
+#[test]
 fn pool_gradients_match_finite_differences() {
     for pool in POOLS {
         check_gradient(
