@@ -868,51 +868,50 @@ fn plane_sums<T: Float, const K: usize>(
     hw: usize,
     sums: impl Fn(usize, &[T], &[T]) -> [f64; K] + Sync,
 ) -> Vec<[f64; K]> {
-    if hw == 0 {
-        return Vec::new();
-    }
-    let per = (PLANES_CHUNK / hw).max(1);
-    let mut out = vec![[0.0; K]; a.len() / hw];
-    out.par_chunks_mut(per)
-        .zip(a.par_chunks(per * hw).zip(b.par_chunks(per * hw)))
-        .enumerate()
-        .for_each(|(task, (out, (a, b)))| {
-            for (i, (out, (a, b))) in out
-                .iter_mut()
-                .zip(a.chunks(hw).zip(b.chunks(hw)))
-                .enumerate()
-            {
-                *out = sums(task * per + i, a, b);
-            }
-        });
+    let mut out = vec![[0.0; K]; a.len().checked_div(hw).unwrap_or(0)];
+    plane_runs(&mut out, 1, (a, b), hw, |plane, out, a, b| {
+        out[0] = sums(plane, a, b)
+    });
     out
 }
 
 /// `f(plane, out, a, b)` for each `hw`-long plane of `out` and the same planes of `a` and `b` (as
-/// long as `out`), in tasks of whole planes, [`PLANES_CHUNK`] elements or one plane.
+/// long as `out`).
 fn per_plane<T: Sync, U: Send>(
     out: &mut [U],
+    inputs: (&[T], &[T]),
+    hw: usize,
+    f: impl Fn(usize, &mut [U], &[T], &[T]) + Sync,
+) {
+    plane_runs(out, hw, inputs, hw, f);
+}
+
+/// `f(plane, out, a, b)` for each `hw`-long plane of `a` and `b` and its `per` elements of `out`,
+/// in tasks of whole planes: [`PLANES_CHUNK`] input elements, or one plane.
+fn plane_runs<T: Sync, U: Send>(
+    out: &mut [U],
+    per: usize,
     (a, b): (&[T], &[T]),
     hw: usize,
     f: impl Fn(usize, &mut [U], &[T], &[T]) + Sync,
 ) {
-    if hw == 0 {
+    if hw == 0 || per == 0 {
         return;
     }
-    let per = (PLANES_CHUNK / hw).max(1) * hw;
-    out.par_chunks_mut(per)
-        .zip(a.par_chunks(per).zip(b.par_chunks(per)))
+    let planes = (PLANES_CHUNK / hw).max(1);
+    out.par_chunks_mut(planes * per)
+        .zip(a.par_chunks(planes * hw).zip(b.par_chunks(planes * hw)))
         .enumerate()
         .for_each(|(task, (out, (a, b)))| {
-            let planes = out.chunks_mut(hw).zip(a.chunks(hw).zip(b.chunks(hw)));
-            for (i, (out, (a, b))) in planes.enumerate() {
-                f(task * (per / hw) + i, out, a, b);
+            let run = out.chunks_mut(per).zip(a.chunks(hw).zip(b.chunks(hw)));
+            for (i, (out, (a, b))) in run.enumerate() {
+                f(task * planes + i, out, a, b);
             }
         });
 }
 
-/// Elements per task of [`plane_sums`] and [`per_plane`]: whole planes, many of the small ones (a task per 7×7
-/// plane cost more than the plane's sums).
+/// Input elements per task of [`plane_runs`]: whole planes, many of the small ones (a task per
+/// 7×7 plane cost more than the plane's sums).
 const PLANES_CHUNK: usize = 1 << 13;
 
 /// Per channel, the sums of its planes (`planes` in N×C order, as [`plane_sums`] returns them),
