@@ -23,7 +23,9 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, Device, Layout, Result, Shape, Storage, Tensor, bail};
 
 use crate::conv::{conv2d_grads_of, filled, ours};
-use crate::ops::{BatchNormTrain, ConvStats, Pool2d, Pool2dBackward, conv_with_stats};
+use crate::ops::{
+    Argmax, BatchNormTrain, ConvStats, MaxPoolKeep, Pool2d, Pool2dBackward, conv_with_stats,
+};
 
 /// One step of a branch.
 #[derive(Debug, Clone, Copy)]
@@ -163,6 +165,8 @@ enum Done {
     Pool {
         input: Tensor,
         pool: Pool2d,
+        /// A max pool's argmax (its backward pass then needs no input).
+        argmax: Option<Argmax>,
     },
 }
 
@@ -238,9 +242,24 @@ impl Record {
                     });
                     out
                 }
+                Step::Pool(pool) if pool.keeps_argmax() => {
+                    let keep = MaxPoolKeep::new(pool);
+                    let out = x.contiguous()?.apply_op1_no_bwd(&keep)?;
+                    let argmax = keep.argmax();
+                    done.push(Done::Pool {
+                        input: x,
+                        pool,
+                        argmax,
+                    });
+                    out
+                }
                 Step::Pool(pool) => {
                     let out = x.apply_op1_no_bwd(&pool)?;
-                    done.push(Done::Pool { input: x, pool });
+                    done.push(Done::Pool {
+                        input: x,
+                        pool,
+                        argmax: None,
+                    });
                     out
                 }
             };
@@ -304,11 +323,18 @@ impl BlockNode {
                         None => return Ok(None),
                     }
                 }
-                Done::Pool { input, pool } => {
+                Done::Pool {
+                    input,
+                    pool,
+                    argmax,
+                } => {
                     if !need {
                         return Ok(None);
                     }
-                    g = input.apply_op2_no_bwd(&g.contiguous()?, &Pool2dBackward(*pool))?;
+                    g = match argmax {
+                        Some(argmax) => MaxPoolKeep::grad(*pool, argmax.clone(), &g)?,
+                        None => input.apply_op2_no_bwd(&g.contiguous()?, &Pool2dBackward(*pool))?,
+                    };
                 }
             }
         }

@@ -9,7 +9,9 @@
 //!   one row and the kernel's column offsets folded along it (the average's backward spreads the
 //!   other way), so the inner loops are runs of contiguous values that vectorise; a stride-1
 //!   average pool with a same-size output (Inception's in-block pool; its backward is the same
-//!   pool) sums many zero-bordered planes at once as shifted copies of a whole buffer. On other
+//!   pool) sums many zero-bordered planes at once as shifted copies of a whole buffer. A max pool
+//!   on the CPU keeps, per output, where in its window the maximum came from (one byte,
+//!   [`MaxPoolKeep`]), and its backward pass adds each output's gradient there. On other
 //!   devices it is [`Pool2d::forward_composed`], a composition of differentiable candle ops (pad,
 //!   narrow, reshape, add/maximum) that gives the same values and gradients (up to ties between
 //!   equal maxima).
@@ -35,6 +37,7 @@ use candle_core::{
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 use std::ops::Range;
+use std::sync::{Arc, OnceLock};
 
 use crate::conv::{conv2d_detached, conv2d_grads, filled, ours, zeros};
 
@@ -122,11 +125,15 @@ impl Pool2d {
         Ok((n, c, h, w, oh, ow))
     }
 
-    /// Pools `xs`: the CPU kernel on the CPU, [`Self::forward_composed`] elsewhere.
+    /// Pools `xs`: the CPU kernel on the CPU (a max pool whose input is part of a graph keeps its
+    /// argmax for the backward pass: [`MaxPoolKeep`]), [`Self::forward_composed`] elsewhere.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         self.check(xs.dims())?;
         match xs.device() {
             Device::Cpu if matches!(xs.dtype(), DType::F32 | DType::F64) => {
+                if self.keeps_argmax() && xs.track_op() {
+                    return xs.contiguous()?.apply_op1(MaxPoolKeep::new(*self));
+                }
                 xs.contiguous()?.apply_op1(*self)
             }
             _ => self.forward_composed(xs),
@@ -326,6 +333,116 @@ impl Pool2d {
             && self.stride == 1
             && self.kernel % 2 == 1
             && self.padding == self.kernel / 2
+    }
+
+    /// Whether a forward pass can keep where each output's maximum came from, one byte per
+    /// output ([`MaxPoolKeep`]): max pooling with windows of at most 256 elements.
+    pub(crate) fn keeps_argmax(&self) -> bool {
+        self.kind == PoolKind::Max && self.kernel * self.kernel <= 256
+    }
+
+    /// The max pool of `x` and, per output, the row-major index into its window of the first
+    /// largest input (the input that [`PoolKind::Max`]'s gradient goes to).
+    fn cpu_forward_argmax<T: Float>(&self, x: &[T], dims: &[usize]) -> Result<(Vec<T>, Vec<u8>)> {
+        let (n, c, h, w, oh, ow) = self.check(dims)?;
+        assert!(self.keeps_argmax());
+        let mut out = zeros(n * c * oh * ow);
+        let mut at = zeros(n * c * oh * ow);
+        if oh * ow > 0 {
+            out.par_chunks_mut(oh * ow)
+                .zip(at.par_chunks_mut(oh * ow))
+                .zip(x.par_chunks(h * w))
+                .for_each_init(
+                    || (Vec::new(), Vec::new(), Vec::new()),
+                    |(best, rows, cols), ((out, at), x)| {
+                        self.argmax_plane(x, (out, at), (h, w, ow), (best, rows, cols))
+                    },
+                );
+        }
+        Ok((out, at))
+    }
+
+    /// One plane of [`Self::cpu_forward_argmax`], an output row at a time: the window's rows
+    /// folded into one (per column, the largest value and the first row holding it: element-wise,
+    /// so it vectorises), then along it each output's window columns, a tie going to the earlier
+    /// row and then the earlier column (row-major order).
+    fn argmax_plane<T: Float>(
+        &self,
+        x: &[T],
+        (out, at): (&mut [T], &mut [u8]),
+        (h, w, ow): (usize, usize, usize),
+        (best, rows, cols): (&mut Vec<T>, &mut Vec<u32>, &mut Vec<u32>),
+    ) {
+        let (k, s) = (self.kernel, self.stride);
+        cols.resize(2 * ow, 0);
+        for (oy, (orow, arow)) in out.chunks_mut(ow).zip(at.chunks_mut(ow)).enumerate() {
+            let y0 = oy * s;
+            // No padding: every window lies inside the plane (`check`).
+            assert!(y0 + k <= h);
+            best.clear();
+            best.extend_from_slice(&x[y0 * w..][..w]);
+            rows.clear();
+            rows.resize(w, 0);
+            for i in 1..k {
+                let line = &x[(y0 + i) * w..][..w];
+                for ((b, r), &v) in best.iter_mut().zip(rows.iter_mut()).zip(line) {
+                    let larger = v > *b;
+                    *b = if larger { v } else { *b };
+                    *r = if larger { i as u32 } else { *r };
+                }
+            }
+            match (k, s) {
+                (3, 2) => window_columns::<T, 3, 2>((best, rows), (orow, arow), cols),
+                _ => window_columns_any((k, s), (best, rows), (orow, arow), cols),
+            }
+        }
+    }
+
+    /// The input gradient of a max pool from where each output's maximum came from (`at`, as
+    /// [`Self::cpu_forward_argmax`] gives it) and the output gradient `g`: each plane zeroed and
+    /// each output's gradient added to its input, planes in tasks of [`PLANES_CHUNK`] elements.
+    fn argmax_backward<T: Float>(&self, at: &[u8], g: &[T], dims: &[usize]) -> Result<Vec<T>> {
+        let (n, c, h, w, oh, ow) = self.check(dims)?;
+        if g.len() != n * c * oh * ow || at.len() != g.len() {
+            bail!(
+                "max pool backward: {} gradients and {} window indices for {} outputs",
+                g.len(),
+                at.len(),
+                n * c * oh * ow
+            )
+        }
+        let (k, s) = (self.kernel, self.stride);
+        // Window index → offset from the window's top-left input.
+        let offsets: Vec<usize> = (0..k * k).map(|e| e / k * w + e % k).collect();
+        let planes = (PLANES_CHUNK / (h * w)).max(1);
+        let fill = |gx: &mut [MaybeUninit<T>]| {
+            if oh * ow == 0 {
+                gx.fill(MaybeUninit::new(T::ZERO));
+                return;
+            }
+            gx.par_chunks_mut(planes * h * w)
+                .zip(
+                    at.par_chunks(planes * oh * ow)
+                        .zip(g.par_chunks(planes * oh * ow)),
+                )
+                .for_each(|(gx, (at, g))| {
+                    gx.fill(MaybeUninit::new(T::ZERO));
+                    // SAFETY: every element was just written.
+                    let gx = unsafe { gx.assume_init_mut() };
+                    let outputs = at.chunks(oh * ow).zip(g.chunks(oh * ow));
+                    for (gx, (at, g)) in gx.chunks_mut(h * w).zip(outputs) {
+                        for (oy, (at, g)) in at.chunks(ow).zip(g.chunks(ow)).enumerate() {
+                            let row = oy * s * w;
+                            for (ox, (&a, &g)) in at.iter().zip(g).enumerate() {
+                                gx[row + ox * s + offsets[usize::from(a)]] += g;
+                            }
+                        }
+                    }
+                });
+        };
+        // SAFETY: the tasks' chunks cover `gx`, and each zero-fills its chunk (or the whole of it
+        // when there are no outputs).
+        Ok(unsafe { filled(n * c * h * w, fill) })
     }
 
     /// [`Self::same_size_avg`] pools of `h × w` planes, many planes per task. The planes are
@@ -538,6 +655,50 @@ impl Pool2d {
     }
 }
 
+/// Along a folded row (`best`, with the row each value came from in `rows`), a kernel column at
+/// a time: each output's largest so far and its row, taking a candidate that is larger, or equal
+/// from an earlier row (an equal one from the same row is a later column); then the outputs'
+/// window indices (`row · K + column`). `K` and `S` known, so that the loops vectorise.
+fn window_columns<T: Float, const K: usize, const S: usize>(
+    (best, rows): (&[T], &[u32]),
+    (out, at): (&mut [T], &mut [u8]),
+    cols: &mut [u32],
+) {
+    window_columns_any((K, S), (best, rows), (out, at), cols)
+}
+
+/// [`window_columns`] for any kernel and stride.
+#[inline(always)]
+fn window_columns_any<T: Float>(
+    (k, s): (usize, usize),
+    (best, rows): (&[T], &[u32]),
+    (out, at): (&mut [T], &mut [u8]),
+    cols: &mut [u32],
+) {
+    let ow = out.len();
+    let (cur_row, cur_col) = cols[..2 * ow].split_at_mut(ow);
+    let last = (ow - 1) * s + k;
+    let (best, rows) = (&best[..last], &rows[..last]);
+    for ox in 0..ow {
+        out[ox] = best[ox * s];
+        cur_row[ox] = rows[ox * s];
+        cur_col[ox] = 0;
+    }
+    for j in 1..k {
+        for ox in 0..ow {
+            let (v, r) = (best[ox * s + j], rows[ox * s + j]);
+            let take = v > out[ox] || (v == out[ox] && r < cur_row[ox]);
+            out[ox] = if take { v } else { out[ox] };
+            cur_row[ox] = if take { r } else { cur_row[ox] };
+            cur_col[ox] = if take { j as u32 } else { cur_col[ox] };
+        }
+    }
+    for ((a, &r), &c) in at.iter_mut().zip(&*cur_row).zip(&*cur_col) {
+        // Below 256: `keeps_argmax`.
+        *a = (r as usize * k + c as usize) as u8;
+    }
+}
+
 impl CustomOp1 for Pool2d {
     fn name(&self) -> &'static str {
         match self.kind {
@@ -608,6 +769,120 @@ impl CustomOp2 for Pool2dBackward {
                 s2.dtype()
             ),
         }
+    }
+}
+
+/// A max pool that keeps, for its backward pass, where each output's maximum came from (one byte
+/// per output, [`Pool2d::cpu_forward_argmax`]): the backward pass then adds each output's gradient
+/// to its input without searching the windows again (which had taken three times the forward
+/// pass: a data-dependent branch per window element).
+#[derive(Debug)]
+pub(crate) struct MaxPoolKeep {
+    pool: Pool2d,
+    argmax: OnceLock<Argmax>,
+}
+
+/// Where a max pool's outputs came from, and the shape of its input.
+#[derive(Debug, Clone)]
+pub(crate) struct Argmax {
+    at: Arc<Vec<u8>>,
+    dims: [usize; 4],
+}
+
+impl MaxPoolKeep {
+    pub(crate) fn new(pool: Pool2d) -> Self {
+        assert!(pool.keeps_argmax(), "{pool:?} keeps no argmax");
+        Self {
+            pool,
+            argmax: OnceLock::new(),
+        }
+    }
+
+    /// What the forward pass kept (`None` before it ran).
+    pub(crate) fn argmax(&self) -> Option<Argmax> {
+        self.argmax.get().cloned()
+    }
+
+    /// The input gradient for the output gradient `grad` of a forward pass that kept `argmax`.
+    pub(crate) fn grad(pool: Pool2d, argmax: Argmax, grad: &Tensor) -> Result<Tensor> {
+        grad.contiguous()?
+            .apply_op1_no_bwd(&MaxPoolBackward { pool, argmax })
+    }
+}
+
+impl CustomOp1 for MaxPoolKeep {
+    fn name(&self) -> &'static str {
+        "inception-max-pool2d-keep"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let &[n, c, h, w] = layout.dims() else {
+            bail!(
+                "pool2d: expected an N×C×H×W tensor, got shape {:?}",
+                layout.dims()
+            )
+        };
+        let (out, at) = match storage {
+            CpuStorage::F32(data) => {
+                let (out, at) = self
+                    .pool
+                    .cpu_forward_argmax(contiguous(data, layout, "input")?, layout.dims())?;
+                (CpuStorage::F32(out), at)
+            }
+            CpuStorage::F64(data) => {
+                let (out, at) = self
+                    .pool
+                    .cpu_forward_argmax(contiguous(data, layout, "input")?, layout.dims())?;
+                (CpuStorage::F64(out), at)
+            }
+            other => bail!("pool2d: unsupported dtype {:?}", other.dtype()),
+        };
+        let argmax = Argmax {
+            at: Arc::new(at),
+            dims: [n, c, h, w],
+        };
+        if self.argmax.set(argmax).is_err() {
+            bail!("max pool: one op ran its forward pass twice")
+        }
+        let (oh, ow) = (self.pool.out_len(h), self.pool.out_len(w));
+        Ok((out, Shape::from((n, c, oh.unwrap_or(0), ow.unwrap_or(0)))))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let Some(argmax) = self.argmax() else {
+            bail!("max pool: a backward pass before the forward pass")
+        };
+        Ok(Some(Self::grad(self.pool, argmax, grad_res)?))
+    }
+}
+
+/// The input gradient of a [`MaxPoolKeep`] from its output gradient (the op's one input).
+struct MaxPoolBackward {
+    pool: Pool2d,
+    argmax: Argmax,
+}
+
+impl CustomOp1 for MaxPoolBackward {
+    fn name(&self) -> &'static str {
+        "inception-max-pool2d-keep-backward"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (at, dims) = (&self.argmax.at[..], &self.argmax.dims[..]);
+        let gx = match storage {
+            CpuStorage::F32(g) => CpuStorage::F32(self.pool.argmax_backward(
+                at,
+                contiguous(g, layout, "gradient")?,
+                dims,
+            )?),
+            CpuStorage::F64(g) => CpuStorage::F64(self.pool.argmax_backward(
+                at,
+                contiguous(g, layout, "gradient")?,
+                dims,
+            )?),
+            other => bail!("max pool backward: unsupported dtype {:?}", other.dtype()),
+        };
+        Ok((gx, Shape::from(dims)))
     }
 }
 
@@ -703,6 +978,7 @@ pub fn conv_batch_norm_relu_train(
         stride,
         bn,
         pooled: pooled.clone(),
+        argmax: OnceLock::new(),
     };
     let out = xs.apply_op3(&kernel, &params, op)?;
     let activation = match pooled {
@@ -762,6 +1038,8 @@ struct ConvBatchNormTrain {
     stride: usize,
     bn: BatchNormTrain,
     pooled: Option<(Tensor, Pool2d)>,
+    /// A max pool's argmax, kept by the forward pass.
+    argmax: OnceLock<Argmax>,
 }
 
 impl CustomOp3 for ConvBatchNormTrain {
@@ -783,6 +1061,15 @@ impl CustomOp3 for ConvBatchNormTrain {
             let candle_core::Storage::Cpu(activation) = &*storage else {
                 bail!("conv2d + batch norm + pool: the activation is not on the CPU")
             };
+            if pool.keeps_argmax() {
+                let keep = MaxPoolKeep::new(*pool);
+                let out = keep.cpu_fwd(activation, layout)?;
+                if let Some(argmax) = keep.argmax() {
+                    // Set once: the forward pass runs once.
+                    let _ = self.argmax.set(argmax);
+                }
+                return Ok(out);
+            }
             return pool.cpu_fwd(activation, layout);
         }
         let (storage, layout) = self.conv.storage_and_layout();
@@ -800,11 +1087,12 @@ impl CustomOp3 for ConvBatchNormTrain {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = match &self.pooled {
-            Some((activation, pool)) => {
+        let grad = match (&self.pooled, self.argmax.get()) {
+            (Some((_, pool)), Some(argmax)) => MaxPoolKeep::grad(*pool, argmax.clone(), grad)?,
+            (Some((activation, pool)), None) => {
                 activation.apply_op2_no_bwd(&grad.contiguous()?, &Pool2dBackward(*pool))?
             }
-            None => grad.clone(),
+            (None, _) => grad.clone(),
         };
         let (dconv, dparams) = self.bn.grads(&self.conv, params, &grad)?;
         let (dx, dk) = conv2d_grads(xs, kernel, &dconv, self.padding, self.stride)?;
@@ -1350,5 +1638,81 @@ impl candle_core::InplaceOp2 for SgdUpdate {
             _ => bail!("sgd update: mismatched or unsupported dtypes"),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values with many ties: a few levels, pseudo-randomly placed.
+    fn levels<T: Float>(len: usize, salt: u64) -> Vec<T> {
+        (0..len as u64)
+            .map(|i| {
+                let h = (i ^ salt)
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    .rotate_left(17);
+                T::from_f64((h % 5) as f64 - 2.0)
+            })
+            .collect()
+    }
+
+    fn kept_argmax_matches_the_search<T: Float + std::fmt::Debug>() {
+        // (n, c, h, w, kernel, stride): Inception's 3×3/s2, overlapping and disjoint windows,
+        // planes the windows do not fill to the edge, a kernel as large as the plane.
+        let cases = [
+            (2, 3, 7, 9, 3, 2),
+            (1, 2, 8, 8, 2, 2),
+            (2, 2, 6, 5, 3, 1),
+            (1, 3, 15, 15, 3, 2),
+            (3, 2, 11, 7, 5, 3),
+            (1, 1, 4, 4, 4, 1),
+        ];
+        for (salt, (n, c, h, w, kernel, stride)) in cases.into_iter().enumerate() {
+            let pool = Pool2d {
+                kind: PoolKind::Max,
+                kernel,
+                stride,
+                padding: 0,
+            };
+            let dims = [n, c, h, w];
+            let x = levels::<T>(n * c * h * w, salt as u64);
+            let (want, _) = pool.cpu_forward(&x, &dims).unwrap();
+            let (got, at) = pool.cpu_forward_argmax(&x, &dims).unwrap();
+            assert_eq!(got, want, "{pool:?} on {dims:?}: output");
+            let g = levels::<T>(want.len(), 99 + salt as u64);
+            let searched = pool.cpu_backward(&x, &dims, &g).unwrap();
+            let kept = pool.argmax_backward(&at, &g, &dims).unwrap();
+            assert_eq!(kept, searched, "{pool:?} on {dims:?}: input gradient");
+            // Each output's index names an input holding its value.
+            let (oh, ow) = (pool.out_len(h).unwrap(), pool.out_len(w).unwrap());
+            for (o, (&a, &v)) in at.iter().zip(&got).enumerate() {
+                let (plane, oy, ox) = (o / (oh * ow), o % (oh * ow) / ow, o % ow);
+                let (i, j) = (usize::from(a) / kernel, usize::from(a) % kernel);
+                assert_eq!(
+                    x[plane * h * w + (oy * stride + i) * w + ox * stride + j],
+                    v
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_kept_argmax_gives_the_gradient_the_window_search_gives() {
+        kept_argmax_matches_the_search::<f32>();
+        kept_argmax_matches_the_search::<f64>();
+    }
+
+    #[test]
+    fn a_gradient_that_does_not_fit_the_kept_argmax_is_an_error() {
+        let pool = Pool2d::MAX_3X3_S2;
+        let dims = [1, 2, 7, 7];
+        let x = levels::<f32>(2 * 49, 1);
+        let (out, at) = pool.cpu_forward_argmax(&x, &dims).unwrap();
+        let err = pool
+            .argmax_backward(&at, &out[1..], &dims)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("17 gradients and 18 window indices"), "{err}");
     }
 }
