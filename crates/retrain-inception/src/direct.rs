@@ -63,23 +63,25 @@ fn fits(g: &Geometry) -> bool {
 
 /// Whether [`forward`] takes this convolution: one the kernels compute, larger than 1×1, whose
 /// output channels come in whole vectors of 16 (blocks of 32 with stride 2) and whose output rows
-/// have a [`measured_width`]. Where they measured slower than the GEMM path it keeps its work: a
-/// 3×3 plane's tiles have 9 pixels (and a block's weights are read from memory again for every
-/// image), and a 1×1 convolution, a plain GEMM with no patch matrix, measured no faster. A last
-/// block of 16 channels (48 or 80 of them) runs a one-vector kernel.
+/// have a [`measured_width`], or are 3 wide with stride 2 (Mixed_7a's reductions at 139×139:
+/// 10–35 % faster). Where they measured slower than the GEMM path it keeps its work: a 3×3
+/// plane's tiles have 9 pixels with stride 1 (and a block's weights are read from memory again for
+/// every image), and a 1×1 convolution, a plain GEMM with no patch matrix, measured no faster on
+/// most planes. A last block of 16 channels (48 or 80 of them) runs a one-vector kernel.
 pub(crate) fn takes_forward(g: &Geometry) -> bool {
     fits(g)
         && (g.kh > 1 || g.kw > 1)
         && g.co
             .is_multiple_of(if g.stride == 1 { LANES } else { BLOCK })
-        && measured_width(g.out_w())
+        && (measured_width(g.out_w()) || (g.out_w() == 3 && g.stride == 2))
 }
 
 /// Whether [`input_grad`] takes this convolution: as [`takes_forward`], with the input's channels
 /// and width in place of the output's (the input gradient's outputs), for stride 1 only (with a
 /// stride the gradient is no plain convolution); on planes wider than [`SMALL_PLANE`], only with
 /// whole blocks and sums of at most 576 terms (the stem's 288 and 576 measured faster; 80 channels
-/// at 33×33 and 864 terms at 35×35 slower than the GEMM path).
+/// at 33×33 and 864 terms at 35×35 slower than the GEMM path). Inputs 3 wide too (Mixed_7's 3×3
+/// and 1×3 at 139×139: 10–25 % faster; its 3×1 about even).
 pub(crate) fn takes_input_grad(g: &Geometry) -> bool {
     let small = g.w <= SMALL_PLANE;
     fits(g)
@@ -87,7 +89,7 @@ pub(crate) fn takes_input_grad(g: &Geometry) -> bool {
         && (g.kh > 1 || g.kw > 1)
         && g.c.is_multiple_of(if small { LANES } else { BLOCK })
         && (small || g.co * g.kh * g.kw <= 576)
-        && measured_width(g.w)
+        && (measured_width(g.w) || g.w == 3)
 }
 
 /// Output rows the kernels measured faster on: at least 5 wide, but not 8 to 13 (the 8×8 planes
@@ -1233,6 +1235,7 @@ mod tests {
             (3, 5, 15, 31, 32, 3, 3, 0, 0, 2),
             (4, 6, 15, 15, 64, 3, 3, 1, 1, 2),
             (1, 3, 9, 13, 40, 2, 3, 0, 1, 2),
+            (2, 5, 7, 7, 64, 3, 3, 0, 0, 2),
         ];
         for case in cases {
             check(case);
