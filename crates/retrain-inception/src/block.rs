@@ -392,7 +392,7 @@ impl CustomOp2 for BlockNode {
         let mut start = 0;
         let mut part = |of: &Tensor| -> Result<Tensor> {
             let c = of.dim(1)?;
-            let g = grad.narrow(1, start, c)?.contiguous()?;
+            let g = channels(&grad, start, c)?;
             start += c;
             Ok(g)
         };
@@ -500,6 +500,46 @@ fn same_shape(shape: &Shape, b: &Tensor) -> Result<()> {
     Ok(())
 }
 
+/// Channels `start..start + c` of a contiguous N×C×H×W CPU tensor, as a new tensor: the images'
+/// runs copied in parallel (candle's copy of the narrowed view runs on one thread).
+fn channels(t: &Tensor, start: usize, c: usize) -> Result<Tensor> {
+    let (n, total, h, w) = t.dims4()?;
+    if start + c > total {
+        bail!(
+            "inception block: channels {start}..{} of {total}",
+            start + c
+        )
+    }
+    fn copy<T: Copy + Send + Sync>(
+        src: &[T],
+        n: usize,
+        (start, c, total): (usize, usize, usize),
+        hw: usize,
+    ) -> Vec<T> {
+        let fill = |out: &mut [MaybeUninit<T>]| {
+            out.par_chunks_mut((c * hw).max(1))
+                .enumerate()
+                .for_each(|(i, out)| {
+                    out.write_copy_of_slice(&src[(i * total + start) * hw..][..c * hw]);
+                })
+        };
+        // SAFETY: `n` chunks of `c·hw` elements, each written whole from its image's run.
+        unsafe { filled(n * c * hw, fill) }
+    }
+    let (storage, range) = cpu_slice(t)?;
+    let shape = (n, c, h, w);
+    let hw = h * w;
+    match &*storage {
+        Storage::Cpu(CpuStorage::F32(v)) => {
+            Tensor::from_vec(copy(&v[range], n, (start, c, total), hw), shape, t.device())
+        }
+        Storage::Cpu(CpuStorage::F64(v)) => {
+            Tensor::from_vec(copy(&v[range], n, (start, c, total), hw), shape, t.device())
+        }
+        _ => t.narrow(1, start, c)?.contiguous(),
+    }
+}
+
 /// A contiguous CPU tensor's storage and the range of it the tensor holds.
 fn cpu_slice(
     t: &Tensor,
@@ -547,17 +587,26 @@ fn add_into<T: Copy + Send + Sync + std::ops::AddAssign>(sum: &mut [T], term: &[
 }
 
 /// Images `n` of each part (`c_i` channels each, one after the other) side by side: image by
-/// image, each part's channels in turn.
-fn side_by_side<T: Copy>(parts: &[&[T]], n: usize) -> Vec<T> {
+/// image, each part's channels in turn; the images in parallel (one thread copying them all took
+/// 0.7 % of a 139×139 training step).
+fn side_by_side<T: Copy + Send + Sync>(parts: &[&[T]], n: usize) -> Vec<T> {
     let total: usize = parts.iter().map(|p| p.len()).sum();
-    let mut out = Vec::with_capacity(total);
-    for i in 0..n {
-        for part in parts {
-            let per = part.len() / n;
-            out.extend_from_slice(&part[i * per..][..per]);
-        }
-    }
-    out
+    let per_image = total.checked_div(n).unwrap_or(0);
+    let fill = |out: &mut [MaybeUninit<T>]| {
+        out.par_chunks_mut(per_image.max(1))
+            .enumerate()
+            .for_each(|(i, out)| {
+                let mut at = 0;
+                for part in parts {
+                    let per = part.len() / n;
+                    out[at..at + per].write_copy_of_slice(&part[i * per..][..per]);
+                    at += per;
+                }
+            })
+    };
+    // SAFETY: each image's chunk (`per_image` elements, the parts' shares of one image) is
+    // written whole by its parts' runs, and the chunks cover `total` (`n` images).
+    unsafe { filled(total, fill) }
 }
 
 /// A convolution's tap: (kernel, γ β mean var) → a single zero, whose backward pass hands over
