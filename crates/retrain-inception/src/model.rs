@@ -7,7 +7,7 @@ use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Init, Linear, 
 use rand::{Rng as _, SeedableRng as _};
 use rand_chacha::ChaCha8Rng;
 
-use crate::block::{Branch, Step, block_train};
+use crate::block::{Branch, Step, stages_train};
 use crate::conv::{conv2d, conv2d_bias_relu};
 use crate::ops::{ConvBatchNormRelu, Pool2d, conv_batch_norm_relu_train};
 
@@ -69,6 +69,11 @@ enum Part<'a> {
 /// A branch for [`fused_block`]: its parts, and the runs of parts it splits into (if any).
 type BranchParts<'a> = (Vec<Part<'a>>, Vec<Vec<Part<'a>>>);
 
+/// A block's branches, as [`fused_block`] and [`fused_stages`] take them.
+trait Parts {
+    fn parts(&self) -> Vec<BranchParts<'_>>;
+}
+
 /// A block in training mode as one graph node ([`block_train`]), the running statistics of its
 /// layers updated: its output and each step's (detached). `None` where that does not apply (off
 /// the CPU, turned off, a layer without batch-norm parameters): compose the layers there.
@@ -76,6 +81,17 @@ fn fused_block<'a>(
     xs: &Tensor,
     branches: &[BranchParts<'a>],
 ) -> Result<Option<(Tensor, Vec<Tensor>)>> {
+    Ok(fused_stages(xs, &[branches.to_vec()])?.map(|(out, steps, _)| (out, steps)))
+}
+
+/// What [`fused_stages`] returns: the last block's output, each step's output and each block's
+/// output but the last.
+type Fused = (Tensor, Vec<Tensor>, Vec<Tensor>);
+
+/// Blocks one after another in training mode as one graph node ([`stages_train`]), the running
+/// statistics of their layers updated: the last block's output, each step's output and each
+/// block's output but the last (detached). `None` where [`fused_block`] is.
+fn fused_stages<'a>(xs: &Tensor, stages: &[Vec<BranchParts<'a>>]) -> Result<Option<Fused>> {
     if !block_nodes() {
         return Ok(None);
     }
@@ -100,23 +116,27 @@ fn fused_block<'a>(
             })
             .collect()
     };
-    let mut spec = Vec::with_capacity(branches.len());
-    for (parts, split) in branches {
-        let Some(main) = steps(parts) else {
-            return Ok(None);
-        };
-        let Some(split) = split.iter().map(|p| steps(p)).collect::<Option<Vec<_>>>() else {
-            return Ok(None);
-        };
-        spec.push(Branch { steps: main, split });
+    let mut specs = Vec::with_capacity(stages.len());
+    for branches in stages {
+        let mut spec = Vec::with_capacity(branches.len());
+        for (parts, split) in branches {
+            let Some(main) = steps(parts) else {
+                return Ok(None);
+            };
+            let Some(split) = split.iter().map(|p| steps(p)).collect::<Option<Vec<_>>>() else {
+                return Ok(None);
+            };
+            spec.push(Branch { steps: main, split });
+        }
+        specs.push(spec);
     }
-    let Some(block) = block_train(xs, &spec)? else {
+    let Some(block) = stages_train(xs, &specs)? else {
         return Ok(None);
     };
     for (layer, s) in layers.iter().zip(&block.stats) {
         layer.update_running_stats(&s.mean, &s.var, s.count)?;
     }
-    Ok(Some((block.out, block.steps)))
+    Ok(Some((block.out, block.steps, block.stages)))
 }
 
 /// Like `torch.no_grad()`: while the returned guard lives, eval-mode forward passes on this
@@ -308,10 +328,10 @@ impl InceptionA {
     }
 }
 
-impl ModuleT for InceptionA {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+impl Parts for InceptionA {
+    fn parts(&self) -> Vec<BranchParts<'_>> {
         use Part::{Conv, Pool};
-        let branches = [
+        vec![
             (vec![Conv(&self.branch1x1)], vec![]),
             (
                 vec![Conv(&self.branch5x5_1), Conv(&self.branch5x5_2)],
@@ -329,8 +349,13 @@ impl ModuleT for InceptionA {
                 vec![Pool(Pool2d::AVG_3X3_S1), Conv(&self.branch_pool)],
                 vec![],
             ),
-        ];
-        if train && let Some((out, _)) = fused_block(xs, &branches)? {
+        ]
+    }
+}
+
+impl ModuleT for InceptionA {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        if train && let Some((out, _)) = fused_block(xs, &self.parts())? {
             return Ok(out);
         }
         let b1 = xs.apply_t(&self.branch1x1, train)?;
@@ -376,10 +401,10 @@ impl InceptionB {
     }
 }
 
-impl ModuleT for InceptionB {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+impl Parts for InceptionB {
+    fn parts(&self) -> Vec<BranchParts<'_>> {
         use Part::{Conv, Pool};
-        let branches = [
+        vec![
             (vec![Conv(&self.branch3x3)], vec![]),
             (
                 vec![
@@ -390,8 +415,13 @@ impl ModuleT for InceptionB {
                 vec![],
             ),
             (vec![Pool(Pool2d::MAX_3X3_S2)], vec![]),
-        ];
-        if train && let Some((out, _)) = fused_block(xs, &branches)? {
+        ]
+    }
+}
+
+impl ModuleT for InceptionB {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        if train && let Some((out, _)) = fused_block(xs, &self.parts())? {
             return Ok(out);
         }
         let b3 = xs.apply_t(&self.branch3x3, train)?;
@@ -442,10 +472,10 @@ impl InceptionC {
     }
 }
 
-impl ModuleT for InceptionC {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+impl Parts for InceptionC {
+    fn parts(&self) -> Vec<BranchParts<'_>> {
         use Part::{Conv, Pool};
-        let branches = [
+        vec![
             (vec![Conv(&self.branch1x1)], vec![]),
             (
                 vec![
@@ -469,8 +499,13 @@ impl ModuleT for InceptionC {
                 vec![Pool(Pool2d::AVG_3X3_S1), Conv(&self.branch_pool)],
                 vec![],
             ),
-        ];
-        if train && let Some((out, _)) = fused_block(xs, &branches)? {
+        ]
+    }
+}
+
+impl ModuleT for InceptionC {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        if train && let Some((out, _)) = fused_block(xs, &self.parts())? {
             return Ok(out);
         }
         let b1 = xs.apply_t(&self.branch1x1, train)?;
@@ -539,10 +574,10 @@ impl InceptionD {
     }
 }
 
-impl ModuleT for InceptionD {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+impl Parts for InceptionD {
+    fn parts(&self) -> Vec<BranchParts<'_>> {
         use Part::{Conv, Pool};
-        let branches = [
+        vec![
             (
                 vec![Conv(&self.branch3x3_1), Conv(&self.branch3x3_2)],
                 vec![],
@@ -557,8 +592,13 @@ impl ModuleT for InceptionD {
                 vec![],
             ),
             (vec![Pool(Pool2d::MAX_3X3_S2)], vec![]),
-        ];
-        if train && let Some((out, _)) = fused_block(xs, &branches)? {
+        ]
+    }
+}
+
+impl ModuleT for InceptionD {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        if train && let Some((out, _)) = fused_block(xs, &self.parts())? {
             return Ok(out);
         }
         let b3 = xs
@@ -610,10 +650,10 @@ impl InceptionE {
     }
 }
 
-impl ModuleT for InceptionE {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+impl Parts for InceptionE {
+    fn parts(&self) -> Vec<BranchParts<'_>> {
         use Part::{Conv, Pool};
-        let branches = [
+        vec![
             (vec![Conv(&self.branch1x1)], vec![]),
             (
                 vec![Conv(&self.branch3x3_1)],
@@ -633,8 +673,13 @@ impl ModuleT for InceptionE {
                 vec![Pool(Pool2d::AVG_3X3_S1), Conv(&self.branch_pool)],
                 vec![],
             ),
-        ];
-        if train && let Some((out, _)) = fused_block(xs, &branches)? {
+        ]
+    }
+}
+
+impl ModuleT for InceptionE {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        if train && let Some((out, _)) = fused_block(xs, &self.parts())? {
             return Ok(out);
         }
         let b1 = xs.apply_t(&self.branch1x1, train)?;
@@ -887,29 +932,10 @@ impl InceptionV3 {
         visit: &mut dyn FnMut(&str, &Tensor),
     ) -> Result<(Tensor, Option<Tensor>)> {
         Self::check_input(xs)?;
-        let mut xs = xs.clone();
-        // The stem, in training mode: one graph node (see `fused_block`).
-        let stem = [
-            ("Conv2d_1a_3x3", Part::Conv(&self.Conv2d_1a_3x3)),
-            ("Conv2d_2a_3x3", Part::Conv(&self.Conv2d_2a_3x3)),
-            ("Conv2d_2b_3x3", Part::Conv(&self.Conv2d_2b_3x3)),
-            ("maxpool1", Part::Pool(Pool2d::MAX_3X3_S2)),
-            ("Conv2d_3b_1x1", Part::Conv(&self.Conv2d_3b_1x1)),
-            ("Conv2d_4a_3x3", Part::Conv(&self.Conv2d_4a_3x3)),
-            ("maxpool2", Part::Pool(Pool2d::MAX_3X3_S2)),
-        ];
-        let fused = match train {
-            true => fused_block(&xs, &[(stem.iter().map(|s| s.1).collect(), vec![])])?,
-            false => None,
-        };
-        let stem_done = fused.is_some();
-        if let Some((out, steps)) = fused {
-            for ((name, _), step) in stem.iter().zip(&steps).take(stem.len() - 1) {
-                visit(name, step);
-            }
-            visit("maxpool2", &out);
-            xs = out;
+        if train && let Some(done) = self.trunk_fused(xs, visit)? {
+            return Ok(done);
         }
+        let mut xs = xs.clone();
         let step = |visit: &mut dyn FnMut(&str, &Tensor),
                     name: &str,
                     f: &dyn Fn(&Tensor) -> Result<Tensor>,
@@ -918,49 +944,47 @@ impl InceptionV3 {
             visit(name, xs);
             Result::Ok(())
         };
-        if !stem_done {
-            step(
-                visit,
-                "Conv2d_1a_3x3",
-                &|x| x.apply_t(&self.Conv2d_1a_3x3, train),
-                &mut xs,
-            )?;
-            step(
-                visit,
-                "Conv2d_2a_3x3",
-                &|x| x.apply_t(&self.Conv2d_2a_3x3, train),
-                &mut xs,
-            )?;
-            // Each max pool of the stem and the layer before it: one graph node in training.
-            let pooled_step = |visit: &mut dyn FnMut(&str, &Tensor),
-                               (name, layer): (&str, &BasicConv2d),
-                               pool_name: &str,
-                               xs: &mut Tensor| {
-                let (ys, pooled) = layer.forward_pooled(xs, Pool2d::MAX_3X3_S2, train)?;
-                visit(name, &ys);
-                visit(pool_name, &pooled);
-                *xs = pooled;
-                Result::Ok(())
-            };
-            pooled_step(
-                visit,
-                ("Conv2d_2b_3x3", &self.Conv2d_2b_3x3),
-                "maxpool1",
-                &mut xs,
-            )?;
-            step(
-                visit,
-                "Conv2d_3b_1x1",
-                &|x| x.apply_t(&self.Conv2d_3b_1x1, train),
-                &mut xs,
-            )?;
-            pooled_step(
-                visit,
-                ("Conv2d_4a_3x3", &self.Conv2d_4a_3x3),
-                "maxpool2",
-                &mut xs,
-            )?;
-        }
+        step(
+            visit,
+            "Conv2d_1a_3x3",
+            &|x| x.apply_t(&self.Conv2d_1a_3x3, train),
+            &mut xs,
+        )?;
+        step(
+            visit,
+            "Conv2d_2a_3x3",
+            &|x| x.apply_t(&self.Conv2d_2a_3x3, train),
+            &mut xs,
+        )?;
+        // Each max pool of the stem and the layer before it: one graph node in training.
+        let pooled_step = |visit: &mut dyn FnMut(&str, &Tensor),
+                           (name, layer): (&str, &BasicConv2d),
+                           pool_name: &str,
+                           xs: &mut Tensor| {
+            let (ys, pooled) = layer.forward_pooled(xs, Pool2d::MAX_3X3_S2, train)?;
+            visit(name, &ys);
+            visit(pool_name, &pooled);
+            *xs = pooled;
+            Result::Ok(())
+        };
+        pooled_step(
+            visit,
+            ("Conv2d_2b_3x3", &self.Conv2d_2b_3x3),
+            "maxpool1",
+            &mut xs,
+        )?;
+        step(
+            visit,
+            "Conv2d_3b_1x1",
+            &|x| x.apply_t(&self.Conv2d_3b_1x1, train),
+            &mut xs,
+        )?;
+        pooled_step(
+            visit,
+            ("Conv2d_4a_3x3", &self.Conv2d_4a_3x3),
+            "maxpool2",
+            &mut xs,
+        )?;
         step(
             visit,
             "Mixed_5b",
@@ -1042,6 +1066,76 @@ impl InceptionV3 {
             &mut xs,
         )?;
         Ok((xs, aux))
+    }
+
+    /// [`Self::trunk`] in training mode with the stem and the blocks as one graph node (two with
+    /// an aux head, which reads `Mixed_6e`'s output): see [`stages_train`]. `None` where that does
+    /// not apply ([`fused_block`]).
+    fn trunk_fused(
+        &self,
+        xs: &Tensor,
+        visit: &mut dyn FnMut(&str, &Tensor),
+    ) -> Result<Option<(Tensor, Option<Tensor>)>> {
+        let stem = [
+            ("Conv2d_1a_3x3", Part::Conv(&self.Conv2d_1a_3x3)),
+            ("Conv2d_2a_3x3", Part::Conv(&self.Conv2d_2a_3x3)),
+            ("Conv2d_2b_3x3", Part::Conv(&self.Conv2d_2b_3x3)),
+            ("maxpool1", Part::Pool(Pool2d::MAX_3X3_S2)),
+            ("Conv2d_3b_1x1", Part::Conv(&self.Conv2d_3b_1x1)),
+            ("Conv2d_4a_3x3", Part::Conv(&self.Conv2d_4a_3x3)),
+            ("maxpool2", Part::Pool(Pool2d::MAX_3X3_S2)),
+        ];
+        let blocks: [(&str, &dyn Parts); 11] = [
+            ("Mixed_5b", &self.Mixed_5b),
+            ("Mixed_5c", &self.Mixed_5c),
+            ("Mixed_5d", &self.Mixed_5d),
+            ("Mixed_6a", &self.Mixed_6a),
+            ("Mixed_6b", &self.Mixed_6b),
+            ("Mixed_6c", &self.Mixed_6c),
+            ("Mixed_6d", &self.Mixed_6d),
+            ("Mixed_6e", &self.Mixed_6e),
+            ("Mixed_7a", &self.Mixed_7a),
+            ("Mixed_7b", &self.Mixed_7b),
+            ("Mixed_7c", &self.Mixed_7c),
+        ];
+        // With an aux head, a first node ends at Mixed_6e (whose output the head reads).
+        let first = if self.AuxLogits.is_some() { 8 } else { 11 };
+        let mut stages = vec![vec![(stem.iter().map(|s| s.1).collect(), vec![])]];
+        stages.extend(blocks[..first].iter().map(|(_, b)| b.parts()));
+        let Some((mut xs, steps, outs)) = fused_stages(xs, &stages)? else {
+            return Ok(None);
+        };
+        // The stem's steps but its last (its output, the first stage's), then each stage's output.
+        for ((name, _), step) in stem.iter().zip(&steps).take(stem.len() - 1) {
+            visit(name, step);
+        }
+        let names = std::iter::once("maxpool2").chain(blocks[..first].iter().map(|b| b.0));
+        for (name, out) in names.zip(outs.iter().chain([&xs])) {
+            visit(name, out);
+        }
+        let aux = match &self.AuxLogits {
+            Some(aux) => Some(xs.apply_t(aux, true)?),
+            None => None,
+        };
+        if first < blocks.len() {
+            let stages: Vec<_> = blocks[first..].iter().map(|(_, b)| b.parts()).collect();
+            let Some((out, _, outs)) = fused_stages(&xs, &stages)? else {
+                bail!(
+                    "inception trunk: the blocks after Mixed_6e did not fuse where those before did"
+                )
+            };
+            let names = blocks[first..].iter().map(|b| b.0);
+            for (name, out) in names.zip(outs.iter().chain([&out])) {
+                visit(name, out);
+            }
+            xs = out;
+        }
+        xs = xs
+            .mean_keepdim(D::Minus1)?
+            .mean_keepdim(D::Minus2)?
+            .flatten_from(1)?;
+        visit("avgpool", &xs);
+        Ok(Some((xs, aux)))
     }
 
     /// Bottleneck features: the 2048-d pooled output of `Mixed_7c`, N×2048, in eval mode.
@@ -1183,6 +1277,40 @@ mod tests {
             }
             // Every kernel, γ and β: three per convolution.
             assert_eq!(with_grads, 3 * vars.len() / 5, "{kind}");
+        }
+    }
+
+    #[test]
+    fn the_trunk_as_one_node_gives_the_composed_layers_values_gradients_and_statistics() {
+        // The whole network at its smallest input: the stem and all eleven blocks in one node
+        // against each layer composed (every block's node turned off too).
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu);
+        let cfg = Config {
+            num_classes: 5,
+            aux_logits: false,
+            dropout: 0.0,
+            ..Config::default()
+        };
+        let net = InceptionV3::new(&cfg, vb).unwrap();
+        let size = MIN_INPUT;
+        let x = Tensor::from_vec(
+            values(2 * 3 * size * size, 7),
+            (2, 3, size, size),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let (out, dx, vars) = pass(&net, &varmap, &x, true);
+        let (want_out, want_dx, want_vars) = pass(&net, &varmap, &x, false);
+        close(&out, &want_out, "logits");
+        close(&dx, &want_dx, "input gradient");
+        for ((name, grad, value), (_, want_grad, want_value)) in vars.iter().zip(&want_vars) {
+            close(value, want_value, &format!("{name} after the pass"));
+            match (grad, want_grad) {
+                (Some(g), Some(w)) => close(g, w, &format!("gradient of {name}")),
+                (None, None) => {}
+                _ => panic!("{name} has a gradient one way only"),
+            }
         }
     }
 }

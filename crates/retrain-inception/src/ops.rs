@@ -1339,7 +1339,13 @@ impl BatchNormTrain {
             x.apply_op3_no_bwd(params, &grad.contiguous()?, &BatchNormTrainBackward(*self))?;
         let numel = x.elem_count();
         let dx = packed.narrow(0, 0, numel)?.reshape(x.shape())?;
-        let dparams = packed.narrow(0, numel, params.elem_count())?;
+        // In storage of its own (`force_contiguous`; `copy` would clone the whole vector): a view
+        // would keep the packed vector, dx included, alive as long as the parameters' gradient,
+        // which a training node keeps until candle hands it to the layer's tap, after the
+        // backward pass through all its blocks.
+        let dparams = packed
+            .narrow(0, numel, params.elem_count())?
+            .force_contiguous()?;
         Ok((dx, dparams))
     }
 
