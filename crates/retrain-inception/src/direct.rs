@@ -1063,6 +1063,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(target_arch = "x86_64")]
     fn a_block_of_sums_is_transposed_in_registers() {
         if unavailable() {
             return;

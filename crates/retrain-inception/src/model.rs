@@ -69,8 +69,8 @@ enum Part<'a> {
 /// A branch for [`fused_block`]: its parts, and the runs of parts it splits into (if any).
 type BranchParts<'a> = (Vec<Part<'a>>, Vec<Vec<Part<'a>>>);
 
-/// A block's branches, as [`fused_block`] and [`fused_stages`] take them.
-trait Parts {
+/// An Inception block: a layer, whose branches [`fused_block`] and [`fused_stages`] take.
+trait Parts: ModuleT {
     fn parts(&self) -> Vec<BranchParts<'_>>;
 }
 
@@ -985,87 +985,35 @@ impl InceptionV3 {
             "maxpool2",
             &mut xs,
         )?;
-        step(
-            visit,
-            "Mixed_5b",
-            &|x| x.apply_t(&self.Mixed_5b, train),
-            &mut xs,
-        )?;
-        step(
-            visit,
-            "Mixed_5c",
-            &|x| x.apply_t(&self.Mixed_5c, train),
-            &mut xs,
-        )?;
-        step(
-            visit,
-            "Mixed_5d",
-            &|x| x.apply_t(&self.Mixed_5d, train),
-            &mut xs,
-        )?;
-        step(
-            visit,
-            "Mixed_6a",
-            &|x| x.apply_t(&self.Mixed_6a, train),
-            &mut xs,
-        )?;
-        step(
-            visit,
-            "Mixed_6b",
-            &|x| x.apply_t(&self.Mixed_6b, train),
-            &mut xs,
-        )?;
-        step(
-            visit,
-            "Mixed_6c",
-            &|x| x.apply_t(&self.Mixed_6c, train),
-            &mut xs,
-        )?;
-        step(
-            visit,
-            "Mixed_6d",
-            &|x| x.apply_t(&self.Mixed_6d, train),
-            &mut xs,
-        )?;
-        step(
-            visit,
-            "Mixed_6e",
-            &|x| x.apply_t(&self.Mixed_6e, train),
-            &mut xs,
-        )?;
-        let aux = match &self.AuxLogits {
-            Some(aux) if train => Some(xs.apply_t(aux, train)?),
-            _ => None,
-        };
-        step(
-            visit,
-            "Mixed_7a",
-            &|x| x.apply_t(&self.Mixed_7a, train),
-            &mut xs,
-        )?;
-        step(
-            visit,
-            "Mixed_7b",
-            &|x| x.apply_t(&self.Mixed_7b, train),
-            &mut xs,
-        )?;
-        step(
-            visit,
-            "Mixed_7c",
-            &|x| x.apply_t(&self.Mixed_7c, train),
-            &mut xs,
-        )?;
-        step(
-            visit,
-            "avgpool",
-            &|x| {
-                x.mean_keepdim(D::Minus1)?
-                    .mean_keepdim(D::Minus2)?
-                    .flatten_from(1)
-            },
-            &mut xs,
-        )?;
+        let mut aux = None;
+        for (i, (name, block)) in self.blocks().into_iter().enumerate() {
+            step(visit, name, &|x| block.forward_t(x, train), &mut xs)?;
+            if i + 1 == AUX_INPUT
+                && train
+                && let Some(head) = &self.AuxLogits
+            {
+                aux = Some(xs.apply_t(head, train)?);
+            }
+        }
+        step(visit, "avgpool", &global_pool, &mut xs)?;
         Ok((xs, aux))
+    }
+
+    /// The eleven Inception blocks in order, with their names.
+    fn blocks(&self) -> [(&'static str, &dyn Parts); 11] {
+        [
+            ("Mixed_5b", &self.Mixed_5b),
+            ("Mixed_5c", &self.Mixed_5c),
+            ("Mixed_5d", &self.Mixed_5d),
+            ("Mixed_6a", &self.Mixed_6a),
+            ("Mixed_6b", &self.Mixed_6b),
+            ("Mixed_6c", &self.Mixed_6c),
+            ("Mixed_6d", &self.Mixed_6d),
+            ("Mixed_6e", &self.Mixed_6e),
+            ("Mixed_7a", &self.Mixed_7a),
+            ("Mixed_7b", &self.Mixed_7b),
+            ("Mixed_7c", &self.Mixed_7c),
+        ]
     }
 
     /// [`Self::trunk`] in training mode with the stem and the blocks as one graph node (two with
@@ -1085,21 +1033,12 @@ impl InceptionV3 {
             ("Conv2d_4a_3x3", Part::Conv(&self.Conv2d_4a_3x3)),
             ("maxpool2", Part::Pool(Pool2d::MAX_3X3_S2)),
         ];
-        let blocks: [(&str, &dyn Parts); 11] = [
-            ("Mixed_5b", &self.Mixed_5b),
-            ("Mixed_5c", &self.Mixed_5c),
-            ("Mixed_5d", &self.Mixed_5d),
-            ("Mixed_6a", &self.Mixed_6a),
-            ("Mixed_6b", &self.Mixed_6b),
-            ("Mixed_6c", &self.Mixed_6c),
-            ("Mixed_6d", &self.Mixed_6d),
-            ("Mixed_6e", &self.Mixed_6e),
-            ("Mixed_7a", &self.Mixed_7a),
-            ("Mixed_7b", &self.Mixed_7b),
-            ("Mixed_7c", &self.Mixed_7c),
-        ];
+        let blocks = self.blocks();
         // With an aux head, a first node ends at Mixed_6e (whose output the head reads).
-        let first = if self.AuxLogits.is_some() { 8 } else { 11 };
+        let first = match self.AuxLogits {
+            Some(_) => AUX_INPUT,
+            None => blocks.len(),
+        };
         let mut stages = vec![vec![(stem.iter().map(|s| s.1).collect(), vec![])]];
         stages.extend(blocks[..first].iter().map(|(_, b)| b.parts()));
         let Some((mut xs, steps, outs)) = fused_stages(xs, &stages)? else {
@@ -1130,10 +1069,7 @@ impl InceptionV3 {
             }
             xs = out;
         }
-        xs = xs
-            .mean_keepdim(D::Minus1)?
-            .mean_keepdim(D::Minus2)?
-            .flatten_from(1)?;
+        xs = global_pool(&xs)?;
         visit("avgpool", &xs);
         Ok(Some((xs, aux)))
     }
@@ -1160,6 +1096,17 @@ impl ModuleT for InceptionV3 {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         Ok(self.forward_with_aux(xs, train)?.0)
     }
+}
+
+/// How many of [`InceptionV3::blocks`] run before the aux head reads the last one's output
+/// (`Mixed_6e`).
+const AUX_INPUT: usize = 8;
+
+/// The mean of each N×C×H×W plane, N×C: `Mixed_7c`'s average pool.
+fn global_pool(xs: &Tensor) -> Result<Tensor> {
+    xs.mean_keepdim(D::Minus1)?
+        .mean_keepdim(D::Minus2)?
+        .flatten_from(1)
 }
 
 /// The dtype the model computes in.

@@ -343,7 +343,11 @@ impl Pool2d {
 
     /// The max pool of `x` and, per output, the row-major index into its window of the first
     /// largest input (the input that [`PoolKind::Max`]'s gradient goes to).
-    fn cpu_forward_argmax<T: Float>(&self, x: &[T], dims: &[usize]) -> Result<(Vec<T>, Vec<u8>)> {
+    fn cpu_forward_argmax<T: Float>(
+        &self,
+        x: &[T],
+        dims: &[usize],
+    ) -> Result<(Vec<T>, Vec<u8>, Shape)> {
         let (n, c, h, w, oh, ow) = self.check(dims)?;
         assert!(self.keeps_argmax());
         let mut out = zeros(n * c * oh * ow);
@@ -359,7 +363,7 @@ impl Pool2d {
                     },
                 );
         }
-        Ok((out, at))
+        Ok((out, at, Shape::from((n, c, oh, ow))))
     }
 
     /// One plane of [`Self::cpu_forward_argmax`], an output row at a time: the window's rows
@@ -816,36 +820,36 @@ impl CustomOp1 for MaxPoolKeep {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let &[n, c, h, w] = layout.dims() else {
+        let (out, at, shape) = match storage {
+            CpuStorage::F32(data) => {
+                let (out, at, shape) = self
+                    .pool
+                    .cpu_forward_argmax(contiguous(data, layout, "input")?, layout.dims())?;
+                (CpuStorage::F32(out), at, shape)
+            }
+            CpuStorage::F64(data) => {
+                let (out, at, shape) = self
+                    .pool
+                    .cpu_forward_argmax(contiguous(data, layout, "input")?, layout.dims())?;
+                (CpuStorage::F64(out), at, shape)
+            }
+            other => bail!("pool2d: unsupported dtype {:?}", other.dtype()),
+        };
+        // Four dimensions: `cpu_forward_argmax` checked them.
+        let Ok(dims) = <[usize; 4]>::try_from(layout.dims()) else {
             bail!(
                 "pool2d: expected an N×C×H×W tensor, got shape {:?}",
                 layout.dims()
             )
         };
-        let (out, at) = match storage {
-            CpuStorage::F32(data) => {
-                let (out, at) = self
-                    .pool
-                    .cpu_forward_argmax(contiguous(data, layout, "input")?, layout.dims())?;
-                (CpuStorage::F32(out), at)
-            }
-            CpuStorage::F64(data) => {
-                let (out, at) = self
-                    .pool
-                    .cpu_forward_argmax(contiguous(data, layout, "input")?, layout.dims())?;
-                (CpuStorage::F64(out), at)
-            }
-            other => bail!("pool2d: unsupported dtype {:?}", other.dtype()),
-        };
         let argmax = Argmax {
             at: Arc::new(at),
-            dims: [n, c, h, w],
+            dims,
         };
         if self.argmax.set(argmax).is_err() {
             bail!("max pool: one op ran its forward pass twice")
         }
-        let (oh, ow) = (self.pool.out_len(h), self.pool.out_len(w));
-        Ok((out, Shape::from((n, c, oh.unwrap_or(0), ow.unwrap_or(0)))))
+        Ok((out, shape))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -1684,7 +1688,7 @@ mod tests {
             let dims = [n, c, h, w];
             let x = levels::<T>(n * c * h * w, salt as u64);
             let (want, _) = pool.cpu_forward(&x, &dims).unwrap();
-            let (got, at) = pool.cpu_forward_argmax(&x, &dims).unwrap();
+            let (got, at, _) = pool.cpu_forward_argmax(&x, &dims).unwrap();
             assert_eq!(got, want, "{pool:?} on {dims:?}: output");
             let g = levels::<T>(want.len(), 99 + salt as u64);
             let searched = pool.cpu_backward(&x, &dims, &g).unwrap();
@@ -1714,7 +1718,7 @@ mod tests {
         let pool = Pool2d::MAX_3X3_S2;
         let dims = [1, 2, 7, 7];
         let x = levels::<f32>(2 * 49, 1);
-        let (out, at) = pool.cpu_forward_argmax(&x, &dims).unwrap();
+        let (out, at, _) = pool.cpu_forward_argmax(&x, &dims).unwrap();
         let err = pool
             .argmax_backward(&at, &out[1..], &dims)
             .unwrap_err()
