@@ -8,9 +8,9 @@ scaled to a per-parameter range in f64, rounded to f32 once). Inputs come from t
   generate OUT WORK   writes OUT/inception_v3_keys.txt, OUT/parity.safetensors (reference logits,
                       features and gradients), OUT/small.pth (a few tensors saved by torch.save),
                       and in WORK the full weights as .pth and .safetensors and the inputs.
-  bench SIZE BATCH ITERS [train]
-                      times torchvision (2 threads) as `retrain-inception bench` does and prints
-                      `bench<TAB>case<TAB>images per second`.
+  bench SIZE BATCH ITERS [train] [--threads N]
+                      times torchvision (on N threads, 2 by default) as `retrain-inception bench`
+                      does and prints `images_per_sec=X`.
   check WORK          compares the Rust binary's outputs in WORK with torchvision, including
                       loading the safetensors that Rust wrote (10 classes) into torchvision and
                       timm (strict).
@@ -244,14 +244,14 @@ def check(work: Path) -> None:
         sys.exit(1)
 
 
-def bench(size: int, batch: int, steps: int, train: bool) -> None:
+def bench(size: int, batch: int, steps: int, train: bool, threads: int) -> None:
     """What `retrain-inception bench --size S --batch B --mode forward|train --steps N` does, with
     torchvision's model: eval forward passes without gradients, or full training steps (aux head
-    weighted 0.4 where the size allows, cross-entropy, backward, plain SGD lr 0.01), on 2 threads,
-    timed over `steps` after one warm-up. Prints `images_per_sec=X`."""
+    weighted 0.4 where the size allows, cross-entropy, backward, plain SGD lr 0.01), on `threads`
+    threads, timed over `steps` after one warm-up. Prints `images_per_sec=X`."""
     import time
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     m = model(1000, aux_logits=size >= 299)
     m.train(train)
     x = torch.rand(batch, 3, size, size) * 2 - 1
@@ -283,8 +283,13 @@ def bench(size: int, batch: int, steps: int, train: bool) -> None:
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "generate":
         generate(Path(sys.argv[2]), Path(sys.argv[3]))
-    elif len(sys.argv) in (5, 6) and sys.argv[1] == "bench":
-        bench(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5:] == ["train"])
+    elif len(sys.argv) in range(5, 9) and sys.argv[1] == "bench":
+        rest, threads = sys.argv[5:], 2
+        if rest[-2:-1] == ["--threads"]:
+            rest, threads = rest[:-2], int(rest[-1])
+        if rest not in ([], ["train"]) or threads < 1:
+            sys.exit(__doc__)
+        bench(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), rest == ["train"], threads)
     elif len(sys.argv) == 3 and sys.argv[1] == "check":
         check(Path(sys.argv[2]))
     else:

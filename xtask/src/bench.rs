@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use crate::pipeline::LoopbackServer;
-use crate::{cargo, workspace_root};
+use crate::{cargo, record, workspace_root};
 
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct BenchArgs {
@@ -40,6 +40,15 @@ pub(crate) struct BenchArgs {
     /// Batch of the Inception-v3 training-step case at 299×299.
     #[arg(long, default_value_t = 32)]
     inception_train_batch: usize,
+    /// Threads for both sides of the `inception` group (ours through RAYON_NUM_THREADS, PyTorch's
+    /// `torch.set_num_threads`); the machine's logical CPUs by default.
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// With `--only inception`: also write its table, with the machine, commit and time, into
+    /// docs/PERFORMANCE.md in place of the last recorded one (between the
+    /// `<!-- xtask bench inception: begin -->` and `… end -->` lines).
+    #[arg(long)]
+    record: bool,
 }
 
 struct Case {
@@ -54,6 +63,12 @@ struct Case {
 pub(crate) fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
+    }
+    if args.record && args.only.as_deref() != Some("inception") {
+        bail!("--record writes the inception group's table: use it with --only inception");
+    }
+    if args.threads == Some(0) {
+        bail!("--threads must be at least 1");
     }
     if args.only.as_deref() == Some("inception") {
         return inception(args);
@@ -463,6 +478,11 @@ fn inception(args: &BenchArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let rss_file = work.join("rss");
     let train_batch = args.inception_train_batch.to_string();
+    let started = record::now();
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .to_string();
     // (mode, size, batch, timed steps)
     let cases = [
         ("forward", "299", "32", "2"),
@@ -492,7 +512,8 @@ fn inception(args: &BenchArgs) -> anyhow::Result<()> {
             let mut ours = Command::new(&ours_bin);
             ours.args(["bench", "--size", size, "--batch", batch, "--mode", mode])
                 .args(["--steps", steps])
-                .env("RUST_LOG", "warn");
+                .env("RUST_LOG", "warn")
+                .env("RAYON_NUM_THREADS", &threads);
             let ours = measure(ours)?;
             eprintln!(
                 "bench: inception / {case}, round {round}: {:.2} images/s",
@@ -505,6 +526,7 @@ fn inception(args: &BenchArgs) -> anyhow::Result<()> {
                 if mode == "train" {
                     cmd.arg("train");
                 }
+                cmd.args(["--threads", &threads]);
                 let theirs = measure(cmd)?;
                 eprintln!(
                     "bench: inception / {case}, round {round}, PyTorch: {:.2} images/s",
@@ -523,18 +545,28 @@ fn inception(args: &BenchArgs) -> anyhow::Result<()> {
             format!("{:.1} GiB", k as f64 / 1048576.0)
         })
     };
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "\nInception-v3 on the CPU (f32, 2 threads), images per second: median of {} \
-         alternating rounds; the ratio is the median round's, with the rounds' range\n",
-        args.runs
-    )?;
-    writeln!(
-        out,
-        "| case | retrain-inception | PyTorch | ours / PyTorch | peak memory, ours | PyTorch |"
-    )?;
-    writeln!(out, "|---|---:|---:|---:|---:|---:|")?;
+    let torch_version = if torch {
+        let mut cmd = Command::new(&python);
+        cmd.args(["-c", "import torch; print(torch.__version__)"]);
+        format!("PyTorch {}", stdout_of(&mut cmd)?.trim())
+    } else {
+        "PyTorch not installed".to_owned()
+    };
+    let mut table = format!(
+        "Inception-v3 on the CPU (f32, {threads} threads), images per second: median of {} \
+         alternating rounds; the ratio is the median round's, with the rounds' range. \
+         `cargo xtask bench --only inception --runs {} --threads {threads} \
+         --inception-train-batch {train_batch}` at {}, {}, {torch_version}, on {}.\n\n",
+        args.runs,
+        args.runs,
+        record::commit(&root),
+        started,
+        record::machine(),
+    );
+    table.push_str(
+        "| case | retrain-inception | PyTorch | ours / PyTorch | peak memory, ours | PyTorch |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+    );
     for (case, row) in rows {
         let (rate, ratio) = match row.theirs {
             Some(t) => (
@@ -548,12 +580,19 @@ fn inception(args: &BenchArgs) -> anyhow::Result<()> {
             ),
             None => ("not installed".to_owned(), "–".to_owned()),
         };
-        writeln!(
-            out,
-            "| {case} | {:.2} | {rate} | {ratio} | {} | {} |",
+        table.push_str(&format!(
+            "| {case} | {:.2} | {rate} | {ratio} | {} | {} |\n",
             row.ours,
             gib(row.ours_kib),
             gib(row.theirs_kib)
+        ));
+    }
+    writeln!(std::io::stdout().lock(), "\n{table}")?;
+    if args.record {
+        record::record(
+            &root.join("docs/PERFORMANCE.md"),
+            "xtask bench inception",
+            &table,
         )?;
     }
     Ok(())

@@ -4,6 +4,7 @@
 mod bench;
 mod ci;
 mod pipeline;
+mod record;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -17,6 +17,7 @@ use candle_core::{D, DType, Device, Tensor, Var};
 use rand::{SeedableRng as _, seq::SliceRandom as _};
 use rand_chacha::ChaCha8Rng;
 use retrain_inception::{FEATURES, MIN_AUX_INPUT, MIN_INPUT, Model};
+pub use retrain_stage::now_utc;
 use retrain_stage::{Manifest, Reporter};
 use serde::{Deserialize, Serialize};
 
@@ -1535,36 +1536,6 @@ fn diff(a: &serde_json::Value, b: &serde_json::Value) -> String {
     }
 }
 
-/// `2026-11-29 10:45:12.123456`, UTC (the recipe prints `datetime.now()`).
-pub fn now_utc() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:06}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        now.subsec_micros()
-    )
-}
-
-/// Howard Hinnant's days-to-civil algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1636,13 +1607,6 @@ mod tests {
         assert!(d32(&z2, &z) < 1e-5);
         assert!(d32(&grads2["fc.weight"], &grads["fc.weight"]) < 1e-5);
         assert!(d32(&grads2["fc.bias"], &grads["fc.bias"]) < 1e-5);
-    }
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_786), (2026, 11, 29));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
     }
 
     #[test]
