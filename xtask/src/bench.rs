@@ -552,17 +552,21 @@ fn inception(args: &BenchArgs) -> anyhow::Result<()> {
     } else {
         "PyTorch not installed".to_owned()
     };
-    let mut table = format!(
-        "Inception-v3 on the CPU (f32, {threads} threads), images per second: median of {} \
+    let mut table = record::wrap(
+        &format!(
+            "Inception-v3 on the CPU (f32, {threads} threads), images per second: median of {} \
          alternating rounds; the ratio is the median round's, with the rounds' range. \
          `cargo xtask bench --only inception --runs {} --threads {threads} \
-         --inception-train-batch {train_batch}` at {}, {}, {torch_version}, on {}.\n\n",
-        args.runs,
-        args.runs,
-        record::commit(&root),
-        started,
-        record::machine(),
+         --inception-train-batch {train_batch}` at {}, {}, {torch_version}, on {}.",
+            args.runs,
+            args.runs,
+            record::commit(&root),
+            started,
+            record::machine(),
+        ),
+        100,
     );
+    table.push_str("\n\n");
     table.push_str(
         "| case | retrain-inception | PyTorch | ours / PyTorch | peak memory, ours | PyTorch |\n\
          |---|---:|---:|---:|---:|---:|\n",

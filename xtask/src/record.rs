@@ -85,6 +85,26 @@ pub(crate) fn now() -> String {
     format!("{} UTC", &retrain_stage::now_utc()[..16])
 }
 
+/// `text` broken between words into lines of at most `width` characters (a longer word on a line
+/// of its own), as the documentation's paragraphs are.
+pub(crate) fn wrap(text: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut line = 0;
+    for word in text.split_whitespace() {
+        let len = word.chars().count();
+        if line > 0 && line + 1 + len > width {
+            out.push('\n');
+            line = 0;
+        } else if line > 0 {
+            out.push(' ');
+            line += 1;
+        }
+        out.push_str(word);
+        line += len;
+    }
+    out
+}
+
 /// Writes `body` into the file `doc` between the lines `<!-- begin -->` and `<!-- end -->` for
 /// `marker` (see [`splice`]), through a temporary file renamed into place.
 pub(crate) fn record(doc: &Path, marker: &str, body: &str) -> anyhow::Result<()> {
@@ -147,6 +167,14 @@ mod tests {
             "{bare}"
         );
         assert!(!bare.contains("GiB") && !bare.contains("AVX"), "{bare}");
+    }
+
+    #[test]
+    fn paragraphs_are_wrapped_between_words() {
+        assert_eq!(wrap("ab cd  ef\ngh", 5), "ab cd\nef gh");
+        assert_eq!(wrap("a longword b", 4), "a\nlongword\nb");
+        assert_eq!(wrap("×× ××", 5), "×× ××", "width in characters, not bytes");
+        assert_eq!(wrap("", 5), "");
     }
 
     #[test]
