@@ -464,14 +464,14 @@ impl Drop for AtomicFile {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn civil_dates() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(20_786), (2026, 11, 29));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
     }
-
-    use super::*;
 
     #[test]
     fn partial_names_are_hidden_siblings() {
